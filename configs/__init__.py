@@ -61,7 +61,9 @@ def _read_yaml(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]
         if not isinstance(base, str):
             raise ConfigError(f"{where}: 'base' must name a preset or file, got {base!r}")
         if base in _seen:
-            raise ConfigError(f"{where}: presets include each other in a loop: {' -> '.join(_seen + (base,))}")
+            raise ConfigError(
+                f"{where}: presets include each other in a loop: {' -> '.join(_seen + (base,))}"
+            )
         data = _merge(_read_yaml(base, _seen + (name_or_path,)), data)
     return data
 
@@ -78,7 +80,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like section.field=value, e.g. sim.image_size=128")
+        raise ConfigError(
+            f"override {override!r} must look like section.field=value, e.g. sim.image_size=128"
+        )
     dotted, raw = override.split("=", 1)
     keys = [k for k in dotted.strip().split(".") if k]
     if not keys:

@@ -90,6 +90,43 @@ class TaskConfig(_Strict):
     push_object: str | None = None  # None: drawn from the seed
 
 
+# --- planning (mpc/) ---------------------------------------------------------------------------
+
+
+class PlannerConfig(_Strict):
+    """The sampling-based optimiser (CEM or MPPI) over 5-D action sequences."""
+
+
+class CostConfig(_Strict):
+    """How predicted frames are scored against the goal image."""
+
+
+class MPCConfig(_Strict):
+    """The receding-horizon loop."""
+
+
+# --- data collection and loading (robot/collect, models/data) ------------------------------------
+
+
+class CollectConfig(_Strict):
+    """collect-finetune-data: exploration policy, episode length, storage, fault handling."""
+
+
+class DataConfig(_Strict):
+    """Training clips read from recorded episode folders."""
+
+
+# --- models (models/) ---------------------------------------------------------------------------
+
+
+class TokenizerConfig(_Strict):
+    """The per-frame VQ-GAN: architecture, quantizer, losses and its training run."""
+
+
+class MaskViTConfig(_Strict):
+    """The MaskViT transformer, its masked-visual-modeling objective and its training run."""
+
+
 class Config(_Strict):
     """The whole stack's configuration. Each command reads the sections it needs."""
 
@@ -97,3 +134,10 @@ class Config(_Strict):
     safety: SafetyConfig = SafetyConfig()
     bridge: BridgeConfig = BridgeConfig()
     task: TaskConfig = TaskConfig()
+    planner: PlannerConfig = PlannerConfig()
+    cost: CostConfig = CostConfig()
+    mpc: MPCConfig = MPCConfig()
+    collect: CollectConfig = CollectConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    maskvit: MaskViTConfig = MaskViTConfig()

@@ -96,13 +96,65 @@ class TaskConfig(_Strict):
 class PlannerConfig(_Strict):
     """The sampling-based optimiser (CEM or MPPI) over 5-D action sequences."""
 
+    optimizer: Literal["cem", "mppi"] = "cem"  # CEM is VP2's default; MPPI as the alternative
+    horizon: int = Field(10, ge=1, le=64)  # steps planned ahead; pushes need >= 8 (trial), VP2 uses 10
+    samples: int = Field(100, ge=2, le=100_000)  # sequences per iteration; 100 keeps the oracle ~2 s/step
+    iterations: int = Field(3, ge=1, le=100)  # VP2: 3
+    elite_fraction: float = Field(0.1, gt=0, le=1)  # CEM refits on the best 10% (VP2: 10 of 200 = 5%)
+    # Initial sampling std per dimension (dx, dy, dz m; dyaw rad; gripper), before clipping to the step
+    # limits. About half a step limit explores widely without piling samples on the bounds; 0 freezes a
+    # dimension at its initial mean.
+    init_std: list[float] = [0.03, 0.03, 0.015, 0.15, 1.0]
+    min_std_fraction: float = Field(0.02, ge=0, le=1)  # floor on CEM std, share of init_std: no early collapse
+    noise_beta: float = Field(0.5, ge=0, lt=1)  # time correlation of sampling noise (VP2: 0.5); 0 = white
+    gripper: Literal["continuous", "discrete"] = "discrete"  # discrete snaps commands to open/closed (+-1)
+    init_gripper: float = Field(-1.0, ge=-1, le=1)  # mean gripper command of a cold start (-1 open)
+    warm_start: bool = True  # start from the previous plan shifted by one step (std reset to init_std)
+    include_mean: bool = True  # always score the current mean too, so a good warm start is never lost
+    momentum: float = Field(0.0, ge=0, lt=1)  # new mean = m * old + (1 - m) * elite mean
+    mppi_temperature: float = Field(0.3, gt=0)  # MPPI weights exp(-dcost / (T * cost std over samples))
+    seed: int | None = None  # None: derived from the episode seed, so runs are reproducible
+
+    @model_validator(mode="after")
+    def _five_stds(self) -> PlannerConfig:
+        if len(self.init_std) != 5 or any(s < 0 for s in self.init_std):
+            raise ValueError(
+                f"init_std needs 5 non-negative values (dx, dy, dz, dyaw, gripper), got {self.init_std}"
+            )
+        return self
+
 
 class CostConfig(_Strict):
     """How predicted frames are scored against the goal image."""
 
+    # Which predicted frames are scored: "all" sums the squared error over the clip (VP2), "last" only
+    # scores the final frame (the oracle then renders one frame per rollout: several times faster).
+    frames: Literal["all", "last"] = "last"
+    # Optional weight per predicted frame (length = planner.horizon); overrides `frames`; zero weights
+    # are not rendered by predictors that can skip frames.
+    frame_weights: list[float] | None = None
+    # Gaussian blur of prediction and goal before the pixel error: the plain error is flat until the
+    # object overlaps its goal (trial: 4/10 pushes plain, 9/10 with sigma ~3 px at 64x64). 0 disables.
+    blur_sigma_px: float = Field(3.0, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _weights(self) -> CostConfig:
+        if self.frame_weights is not None and (
+            not self.frame_weights or any(w < 0 for w in self.frame_weights) or sum(self.frame_weights) <= 0
+        ):
+            raise ValueError(f"frame_weights must be non-negative with a positive sum, got {self.frame_weights}")
+        return self
+
 
 class MPCConfig(_Strict):
     """The receding-horizon loop."""
+
+    context_frames: int = Field(2, ge=1, le=16)  # frames handed to the predictor (VP2: 2)
+    max_steps: int = Field(15, ge=1, le=10_000)  # control steps per episode (VP2: 15)
+    frame_timeout_s: float = Field(3.0, gt=0)  # wait for the frame that follows a command, then give up
+    stop_on_success: bool = True  # sim only: end the episode as soon as the task reports success
+    save_gif: bool = True  # episode summary: current frame | goal | best predicted rollout, per step
+    gif_frame_ms: int = Field(400, ge=20)  # summary playback speed
 
 
 # --- data collection and loading (robot/collect, models/data) ------------------------------------

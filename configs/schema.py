@@ -55,10 +55,16 @@ class SimConfig(_Strict):
 
     image_size: int = Field(64, ge=16, le=256)  # square RGB frames, the model's resolution
     control_period_s: float = Field(0.2, gt=0, le=2.0)  # 5 Hz, like the paper's robot
-    substeps: int = Field(100, ge=1, le=10_000)  # physics steps per control step (2 ms each)
-    render_backend: Literal["auto", "egl", "osmesa"] = "auto"  # auto: EGL, then OSMesa
+    # Physics steps per control step: 20 gives a 10 ms timestep, stable for these contacts (default
+    # solref 0.02 s >= 2 timesteps) and under 1 ms of physics per control step for oracle rollouts.
+    substeps: int = Field(20, ge=1, le=10_000)
+    # auto: a user-set MUJOCO_GL (egl|osmesa) if any, else EGL if it starts, else OSMesa.
+    render_backend: Literal["auto", "egl", "osmesa"] = "auto"
     shadows: bool = False  # shadows double software-render time and carry no task information
-    num_objects: int = Field(3, ge=3, le=6)
+    # Anti-aliasing samples per pixel: smooth edges, as a camera gives; 0 renders about 3x faster
+    # (2.3 vs 0.7 ms at 64x64 in software), e.g. for an oracle whose cost blurs the frames anyway.
+    multisamples: int = Field(4, ge=0, le=16)
+    num_objects: int = Field(3, ge=3, le=6)  # red_block, green_cylinder, blue_block, then 3 more
 
 
 class SafetyConfig(_Strict):
@@ -67,7 +73,10 @@ class SafetyConfig(_Strict):
     workspace: WorkspaceBounds = WorkspaceBounds()
     step_limits: StepLimits = StepLimits()
     watchdog_timeout_s: float = Field(0.5, gt=0)  # no command or heartbeat for this long: stop
-    max_message_bytes: int = Field(65_536, ge=256)
+    max_message_bytes: int = Field(65_536, ge=256)  # larger requests are refused (TOO_LARGE); states fit
+    # Refuse commands sent longer ago than this (send time vs server clock). 0 disables it: clocks of two
+    # hosts differ, so only enable it on one host or with synchronised clocks.
+    max_command_age_s: float = Field(0.0, ge=0)
 
 
 class BridgeConfig(_Strict):
@@ -80,6 +89,15 @@ class BridgeConfig(_Strict):
     retries: int = Field(2, ge=0)
     heartbeat_period_s: float = Field(0.1, gt=0)
     curve_keys_dir: str | None = None  # folder with server.key_secret / client.key_secret etc.
+    # A client's background heartbeat keeps the watchdog quiet while it plans (planning takes longer than
+    # the watchdog timeout); it stops when the client process dies or loses the network.
+    client_heartbeat: bool = True
+    # The frame publisher re-sends its latest frame this often, so a late subscriber (PUB/SUB drops
+    # messages sent before a subscription is set up) gets a frame without waiting for the next step.
+    camera_republish_period_s: float = Field(0.1, gt=0)
+    # Binding to a non-loopback host without CurveZMQ keys exposes the arm to the whole network: refused
+    # unless this is set on purpose (e.g. an isolated lab network).
+    allow_insecure_network: bool = False
 
 
 class TaskConfig(_Strict):
@@ -88,6 +106,14 @@ class TaskConfig(_Strict):
     name: Literal["reach", "push"] = "push"
     success_threshold_m: float = Field(0.03, gt=0)  # object (push) or gripper (reach) centre
     push_object: str | None = None  # None: drawn from the seed
+    # Push: how far the object must travel. Moderate, so a horizon-8 planner can finish in ~15 steps.
+    push_distance_m: Range = Range(low=0.06, high=0.12)
+    # Push: gripper start, centre to object centre, behind it on the push line. Close enough that
+    # reaching the object fits in the planning horizon (a trial failed when it started farther away).
+    push_start_offset_m: Range = Range(low=0.07, high=0.10)
+    # Reach: table-plane distance from the gripper's start to the goal. Within ~12 cm the start and goal
+    # grippers still overlap in a blurred 64x64 image, so a pixel cost has a slope to follow.
+    reach_distance_m: Range = Range(low=0.05, high=0.12)
 
 
 # --- planning (mpc/) ---------------------------------------------------------------------------
@@ -97,22 +123,23 @@ class PlannerConfig(_Strict):
     """The sampling-based optimiser (CEM or MPPI) over 5-D action sequences."""
 
     optimizer: Literal["cem", "mppi"] = "cem"  # CEM is VP2's default; MPPI as the alternative
-    horizon: int = Field(10, ge=1, le=64)  # steps planned ahead; pushes need >= 8 (trial), VP2 uses 10
-    samples: int = Field(100, ge=2, le=100_000)  # sequences per iteration; 100 keeps the oracle ~2 s/step
+    horizon: int = Field(8, ge=1, le=64)  # steps planned ahead; pushes need >= 8 (trial); VP2 uses 10
+    samples: int = Field(60, ge=2, le=100_000)  # sequences per iteration; the oracle's physics sets the pace
     iterations: int = Field(3, ge=1, le=100)  # VP2: 3
     elite_fraction: float = Field(0.1, gt=0, le=1)  # CEM refits on the best 10% (VP2: 10 of 200 = 5%)
     # Initial sampling std per dimension (dx, dy, dz m; dyaw rad; gripper), before clipping to the step
-    # limits. About half a step limit explores widely without piling samples on the bounds; 0 freezes a
-    # dimension at its initial mean.
-    init_std: list[float] = [0.03, 0.03, 0.015, 0.15, 1.0]
-    min_std_fraction: float = Field(0.02, ge=0, le=1)  # floor on CEM std, share of init_std: no early collapse
+    # limits. 0 freezes a dimension at its initial mean: the sim tasks move in the table plane with a
+    # fixed gripper (push at pushing height, reach at the goal's height), and every frozen dimension
+    # leaves the samples for the ones that matter. Give dz / gripper a std for tasks that need them.
+    init_std: list[float] = [0.03, 0.03, 0.0, 0.05, 0.0]
+    min_std_fraction: float = Field(0.05, ge=0, le=1)  # CEM std floor, share of init_std: no collapse
     noise_beta: float = Field(0.5, ge=0, lt=1)  # time correlation of sampling noise (VP2: 0.5); 0 = white
     gripper: Literal["continuous", "discrete"] = "discrete"  # discrete snaps commands to open/closed (+-1)
-    init_gripper: float = Field(-1.0, ge=-1, le=1)  # mean gripper command of a cold start (-1 open)
+    init_gripper: float | None = Field(None, ge=-1, le=1)  # cold-start gripper mean; None: keep the arm's
     warm_start: bool = True  # start from the previous plan shifted by one step (std reset to init_std)
     include_mean: bool = True  # always score the current mean too, so a good warm start is never lost
     momentum: float = Field(0.0, ge=0, lt=1)  # new mean = m * old + (1 - m) * elite mean
-    mppi_temperature: float = Field(0.3, gt=0)  # MPPI weights exp(-dcost / (T * cost std over samples))
+    mppi_temperature: float = Field(0.1, gt=0)  # MPPI weight exp(-dcost / (T * sample cost std)); 0.3 drifted
     seed: int | None = None  # None: derived from the episode seed, so runs are reproducible
 
     @model_validator(mode="after")
@@ -142,7 +169,9 @@ class CostConfig(_Strict):
         if self.frame_weights is not None and (
             not self.frame_weights or any(w < 0 for w in self.frame_weights) or sum(self.frame_weights) <= 0
         ):
-            raise ValueError(f"frame_weights must be non-negative with a positive sum, got {self.frame_weights}")
+            raise ValueError(
+                f"frame_weights must be non-negative with a positive sum, got {self.frame_weights}"
+            )
         return self
 
 
@@ -155,6 +184,9 @@ class MPCConfig(_Strict):
     stop_on_success: bool = True  # sim only: end the episode as soon as the task reports success
     save_gif: bool = True  # episode summary: current frame | goal | best predicted rollout, per step
     gif_frame_ms: int = Field(400, ge=20)  # summary playback speed
+    # Processes the sim oracle rolls out in (physics is its cost); 1 stays in-process, cores/2 is fair
+    # on a shared machine.
+    oracle_workers: int = Field(1, ge=1, le=256)
 
 
 # --- data collection and loading (robot/collect, models/data) ------------------------------------
@@ -163,20 +195,220 @@ class MPCConfig(_Strict):
 class CollectConfig(_Strict):
     """collect-finetune-data: exploration policy, episode length, storage, fault handling."""
 
+    episode_steps: int = Field(30, ge=1, le=10_000)  # actions per episode (RoboNet: 30); frames = steps + 1
+    robot_hours: float = Field(4.0, gt=0)  # default target; robot time (sim: steps x control period)
+    seed: int = 0  # episode i uses seed + i for its scene and policy, so --resume continues the sequence
+    policy: Literal["random"] = "random"  # RoboNet-style correlated random exploration
+    # Exploration policy (robot/exploration.py).
+    noise_correlation: float = Field(0.7, ge=0, lt=1)  # AR(1) coefficient: smooth, time-correlated motion
+    noise_scale: float = Field(0.6, gt=0, le=1)  # noise std as a share of the step limit per axis
+    yaw_scale: float = Field(0.3, ge=0, le=1)  # yaw noise as a share of its step limit: yaw matters less
+    z_scale: float = Field(0.3, ge=0, le=1)  # vertical noise share: the in-view height band is only ~12 cm
+    gripper_toggle_prob: float = Field(0.08, ge=0, le=1)  # chance per step of an open/close event
+    object_bias: float = Field(0.5, ge=0, le=1)  # episodes that push an object (sim: ~55% move one > 2 cm)
+    approach_gain: float = Field(0.8, gt=0, le=1)  # share of the remaining distance covered per step
+    approach_height_m: float = Field(0.03, ge=0)  # fingertip height above the table when pushing
+    approach_offset_m: float = Field(0.07, ge=0)  # start this far behind the object's centre
+    push_distance_m: float = Field(0.12, gt=0)  # how far past the object centre a push aims
+    workspace_margin_m: float = Field(0.02, ge=0)  # keep targets this far inside the safety box
+    # Where exploration keeps the gripper (within the safety box): in the camera's view. The sim camera
+    # sees the table within |x|, |y| <= 0.17 m and loses the gripper above z = 0.15 m.
+    explore_bounds: WorkspaceBounds = WorkspaceBounds(
+        x=Range(low=-0.17, high=0.17), y=Range(low=-0.17, high=0.17), z=Range(low=0.02, high=0.15)
+    )
+    # Resets between episodes.
+    scene_redraw_every: int = Field(4, ge=1)  # sim: every N-th reset a fresh random scene, else the task's
+    home_pose: list[float] = [0.0, 0.0, 0.15, 0.0, -1.0]  # real arm: x, y, z (m), yaw (rad), gripper
+    reset_poses: list[list[float]] = []  # real arm: poses visited after home to re-spread the objects
+    reset_tolerance_m: float = Field(0.01, gt=0)  # a reset pose counts as reached within this distance
+    reset_max_steps: int = Field(60, ge=1)  # give up moving to a reset pose after this many steps
+    # Storage.
+    compression_level: int = Field(4, ge=0, le=9)  # gzip level for frames and segmentation
+    record_segmentation: bool = True  # sim only: per-frame object ids for tokenizer metrics
+    min_free_disk_mb: float = Field(500.0, ge=0)  # stop before writing when free space drops below this
+    calibration_id: str = ""  # stored with every episode; "" for the simulation
+    # Faults.
+    camera_timeout_s: float = Field(2.0, gt=0)  # no frame after a command for this long: camera fault
+    frozen_frame_limit: int = Field(4, ge=2)  # this many identical consecutive frames: camera frozen
+    max_camera_reconnects: int = Field(5, ge=0)  # consecutive failed episodes before giving up
+    arm_retries: int = Field(2, ge=0)  # re-tries of a timed-out arm request before a clean stop
+
+    @model_validator(mode="after")
+    def _poses_are_5d(self) -> CollectConfig:
+        for pose in [self.home_pose, *self.reset_poses]:
+            if len(pose) != 5:
+                raise ValueError(f"poses are (x, y, z, yaw, gripper), 5 numbers; got {pose}")
+        return self
+
 
 class DataConfig(_Strict):
     """Training clips read from recorded episode folders."""
+
+    folders: list[str] = []  # episode folders (collect-finetune-data --out); mixed by weights
+    weights: list[float] = []  # sampling weight per folder; empty: all equal
+    clip_length: int = Field(12, ge=2)  # frames per clip: 2 context + 10 future (VP2's MaskViT setup)
+    frame_skip: int = Field(1, ge=1)  # use every k-th frame; actions in between are summed
+    image_size: int = Field(64, ge=8, le=1024)  # square output resolution (area interpolation)
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of EPISODES held out (never clips of one episode)
+    split_seed: int = 0  # changes which episodes are held out, deterministically
+    action_source: Literal["applied", "commanded"] = "applied"  # applied: what the arm really did
+    float_frames: bool = False  # False: uint8 frames; True: float32 in [0, 1]
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> DataConfig:
+        if self.weights and len(self.weights) != len(self.folders):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.folders)} folders: one per folder")
+        if any(w < 0 for w in self.weights):
+            raise ValueError("folder weights must be >= 0")
+        return self
 
 
 # --- models (models/) ---------------------------------------------------------------------------
 
 
 class TokenizerConfig(_Strict):
-    """The per-frame VQ-GAN: architecture, quantizer, losses and its training run."""
+    """The per-frame VQ-GAN: architecture, quantizer, losses and its training run.
+
+    Defaults are the CPU preset for 64x64 simulated frames (configs/tokenizer_cpu.yaml spells them
+    out); configs/tokenizer_paper.yaml is the paper-scale GPU preset.
+    """
+
+    # architecture
+    image_size: int = Field(64, ge=16, le=1024)  # square input frames; episodes must match
+    grid_size: int = Field(8, ge=1, le=128)  # tokens per side: image_size / 2**downsamplings
+    base_channels: int = Field(16, ge=8, le=1024)  # width at full resolution, where the compute goes
+    # channel multiplier per resolution level; len - 1 = number of 2x downsamplings
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, max_length=8)
+    num_res_blocks: int = Field(1, ge=1, le=8)  # residual blocks per level
+    code_dim: int = Field(8, ge=2, le=1024)  # latent width at the quantizer; low dims use codes better
+    # quantizer
+    quantizer: Literal["vq", "fsq"] = "vq"  # fsq: finite scalar quantization, cannot collapse
+    codebook_size: int = Field(512, ge=2, le=65_536)  # vq only; fsq's size is prod(fsq_levels)
+    cosine_codes: bool = True  # l2-normalise latents and codes: keeps the codebook healthy
+    codebook_update: Literal["gradient", "ema"] = "gradient"  # how vq codes learn
+    ema_decay: float = Field(0.99, gt=0, lt=1)  # only with codebook_update=ema
+    commitment_weight: float = Field(0.25, ge=0)  # beta in the VQ-VAE loss
+    init_codebook_from_data: bool = True  # first training batch's latents seed the codebook
+    dead_code_steps: int = Field(200, ge=0)  # code unused this many steps: restart it (0: never)
+    fsq_levels: list[int] = Field(default_factory=lambda: [8, 8, 8], min_length=1, max_length=8)
+    # losses
+    recon_loss: Literal["l1", "l2"] = (
+        "l2"  # l2 is what PSNR measures; it raised PSNR faster than l1 in trials
+    )
+    object_weight: float = Field(20.0, ge=1.0)  # loss weight on gripper/object pixels (segmentation > 0)
+    disc_weight: float = Field(0.0, ge=0)  # 0: no GAN; off on CPU (doubles step cost, lowers PSNR)
+    disc_start_step: int = Field(2000, ge=0)  # GAN term off before this step: let reconstructions settle
+    disc_channels: int = Field(64, ge=8, le=1024)
+    disc_layers: int = Field(3, ge=1, le=6)  # PatchGAN depth: 3 gives 70x70 receptive fields
+    adaptive_weight_max: float = Field(1e4, gt=0)  # clamp of the gradient-norm ratio
+    perceptual_weight: float = Field(1.0, ge=0)  # used only with perceptual_weights_path
+    # torchvision-style VGG16 state_dict (optionally with LPIPS lin layers); None: no perceptual term
+    perceptual_weights_path: str | None = None
+    # training run
+    steps: int = Field(6000, ge=1)  # optimizer steps
+    batch_size: int = Field(64, ge=1)  # frames per step per process
+    lr: float = Field(1e-3, gt=0)  # 1e-3 beat 3e-4 by ~1.5 dB at 3000 steps on sim frames
+    warmup_steps: int = Field(200, ge=0)  # linear warm-up, then cosine decay
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine floor as a share of lr
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)  # max grad norm; 0: no clipping
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    seed: int = 0
+    log_every: int = Field(50, ge=1)  # steps between CSV rows
+    sample_every: int = Field(500, ge=1)  # steps between reconstruction PNG grids
+    checkpoint_every: int = Field(1000, ge=1)  # steps between checkpoints
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenizerConfig:
+        downs = len(self.channel_mult) - 1
+        if self.image_size != self.grid_size * 2**downs:
+            raise ValueError(
+                f"image_size ({self.image_size}) must equal grid_size ({self.grid_size}) * 2**(len(channel_mult)-1)"
+                f" = {self.grid_size * 2**downs}; change channel_mult's length or grid_size"
+            )
+        if any(level < 2 for level in self.fsq_levels):
+            raise ValueError(f"fsq_levels must all be >= 2, got {self.fsq_levels}")
+        return self
 
 
 class MaskViTConfig(_Strict):
-    """The MaskViT transformer, its masked-visual-modeling objective and its training run."""
+    """The MaskViT transformer, its masked-visual-modeling objective and its training run.
+
+    The codebook size and token grid are not set here: they come from the tokenizer the model is
+    trained on, so the two can never disagree.
+    """
+
+    # architecture (models/maskvit.py)
+    d_model: int = Field(256, ge=8)  # the 0.93M-parameter d=128 trial was capacity-bound on contact
+    n_blocks: int = Field(4, ge=1)  # each block = one spatial-window + one spatiotemporal-window layer
+    n_heads: int = Field(8, ge=1)  # d_model must divide evenly; 32-dim heads at the default width
+    mlp_ratio: float = Field(4.0, gt=0)  # hidden width of each MLP, as a multiple of d_model
+    dropout: float = Field(0.1, ge=0, lt=1)  # robot fine-tuning sets are small (thousands of clips)
+    attention: Literal["window", "full"] = "window"  # full: each layer attends over the whole clip (ablation)
+    st_window: tuple[int, int] = (4, 4)  # h' x w' tokens of the spatiotemporal window (paper: 4 x 4)
+    # input: a projection of action t is added to every token of frame t+1 before the first block;
+    # every_block: each block adds its own projection; none: action-free model (no action weights)
+    action_conditioning: Literal["none", "input", "every_block"] = "input"
+    context_frames: int = Field(2, ge=1)  # observed frames (VP2 planner default: 2)
+    future_frames: int = Field(10, ge=1)  # predicted frames; planning needs a horizon of at least 8
+    # masked-visual-modeling objective (models/masking.py)
+    mask_ratio_min: float = Field(0.5, ge=0, lt=1)  # r ~ U[min, max) per clip; fixed ratios were worse
+    mask_ratio_max: float = Field(1.0, gt=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)  # as in MaskGIT; 0 disables
+    # changed: tokens that differ from the previous frame's token at the same position weigh more;
+    # background: tokens that differ from the per-position most common token weigh more. ~62% of
+    # tabletop tokens are static background and otherwise dominate the loss.
+    token_weighting: Literal["none", "changed", "background"] = "none"
+    token_weight: float = Field(4.0, ge=1)  # weight of the changed / non-background tokens (others: 1)
+    extra_visible_frames: list[int] = []  # future frame indices (of the whole clip, -1 = last) never masked
+    # iterative decoding (models/decoding.py)
+    decode_steps: int = Field(5, ge=1)  # forward passes per prediction (VP2's MaskViT wrapper: 5)
+    mask_schedule: Literal["cosine", "linear", "square", "cubic", "sqrt", "exponential"] = "cosine"
+    temperature: float = Field(1.0, ge=0)  # sampling temperature of each token; 0: argmax
+    # scale of the Gumbel noise added to the log-confidence, annealed to 0 over the steps; 4.5 is
+    # MaskGIT's default (the "temperature around 4.5" of the paper is this knob, not sampling)
+    confidence_noise: float = Field(4.5, ge=0)
+    # training run (models/train_maskvit.py)
+    tokenizer_checkpoint: str | None = None  # train-tokenizer's step_N.pt; train-maskvit --tokenizer sets it
+    steps: int = Field(20_000, ge=1)  # optimizer steps; the 33-minute CPU trial (~2k steps) still improved
+    batch_size: int = Field(32, ge=1)  # clips per step per process
+    lr: float = Field(3e-4, gt=0)  # AdamW peak learning rate
+    warmup_steps: int = Field(500, ge=0)  # linear warm-up, then cosine decay
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine floor as a share of lr
+    weight_decay: float = Field(0.05, ge=0)  # on matrices only; embeddings, norms and biases get none
+    grad_clip: float = Field(1.0, ge=0)  # max gradient norm; 0 disables
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast: 1.8x faster than fp32 on the trial CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    seed: int = 0
+    log_every: int = Field(50, ge=1)  # steps between CSV rows
+    val_every: int = Field(500, ge=1)  # steps between validation passes
+    val_batches: int = Field(8, ge=1)  # validation batches per pass (same clips and masks every pass)
+    checkpoint_every: int = Field(1000, ge=1)  # steps between checkpoints
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MaskViTConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.mask_ratio_min >= self.mask_ratio_max:
+            raise ValueError(
+                f"mask_ratio_min ({self.mask_ratio_min}) must be below mask_ratio_max ({self.mask_ratio_max})"
+            )
+        if min(self.st_window) < 1:
+            raise ValueError(f"st_window sides must be >= 1, got {self.st_window}")
+        n = self.context_frames + self.future_frames
+        for i in self.extra_visible_frames:
+            j = i % n if -n <= i < n else None
+            if j is None or j < self.context_frames:
+                raise ValueError(
+                    f"extra_visible_frames entry {i} must name a future frame: an index in "
+                    f"[{self.context_frames}, {n}) or [-{self.future_frames}, -1]"
+                )
+        if len({i % n for i in self.extra_visible_frames}) >= self.future_frames:
+            raise ValueError("extra_visible_frames must leave at least one future frame to predict")
+        return self
 
 
 class Config(_Strict):

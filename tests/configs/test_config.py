@@ -1,5 +1,4 @@
 import pytest
-
 from maskvit_mpc.configs import Config, ConfigError, available_presets, load_config
 from maskvit_mpc.configs.cli import cli_entry, config_from_args, make_parser
 
@@ -14,7 +13,7 @@ def test_override_sets_a_nested_field_and_keeps_siblings():
     cfg = load_config("default", ["sim.image_size=128", "safety.workspace.x.low=-0.2"])
     assert cfg.sim.image_size == 128
     assert cfg.safety.workspace.x.low == -0.2
-    assert cfg.safety.workspace.x.high == Config().safety.workspace.x.high
+    assert cfg.safety.workspace.x.high == load_config("default").safety.workspace.x.high
 
 
 def test_errors_name_the_dotted_path_the_value_and_what_is_allowed():

@@ -1,0 +1,139 @@
+"""eval-tokenizer: reconstruction quality and codebook health of a trained tokenizer on held-out episodes.
+
+Reports whole-frame PSNR and SSIM, PSNR on gripper and object pixels (segmentation > 0 in simulation;
+pixels that change within the episode on real data), and the share of codes used and the perplexity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
+from ..configs.errors import UserError
+from ..configs.schema import DataConfig
+from .frame_data import EpisodeFrames, frame_datasets
+from .metrics import CodeCounter, masked_psnr, psnr, ssim
+from .tokenizer import VQModel, tokenizer_from_checkpoint
+from .training import load_checkpoint
+
+log = logging.getLogger("eval-tokenizer")
+
+EXAMPLES = """
+  eval-tokenizer --checkpoint runs/tokenizer/step_0006000.pt --data runs/sim_heldout
+  eval-tokenizer --checkpoint runs/tokenizer/step_0006000.pt --data runs/sim_push --split val
+  eval-tokenizer --checkpoint tok.pt --data runs/real --max-frames 2000 --json results/tok_real.json
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = make_parser("eval-tokenizer", "Evaluate a tokenizer checkpoint on recorded episodes.", EXAMPLES)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="step_N.pt written by train-tokenizer")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="held-out episode folders")
+    p.add_argument(
+        "--split",
+        choices=["all", "val", "train"],
+        default="all",
+        help="all: every episode of --data; val: the episodes train-tokenizer held out (data.val_fraction)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    p.add_argument(
+        "--max-frames", type=int, default=None, help="evaluate an evenly spaced subset of this many frames"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--json", type=Path, default=None, help="where to write the results (default: CKPT stem + _eval.json)"
+    )
+    return p
+
+
+@torch.no_grad()
+def evaluate(
+    model: VQModel, dataset: EpisodeFrames | Subset, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Metrics over every frame of ``dataset``; PSNR and SSIM are means of per-frame values."""
+    model = model.to(device).eval()
+    counter = CodeCounter(model.num_codes)
+    whole: list[torch.Tensor] = []
+    structural: list[torch.Tensor] = []
+    masked: list[torch.Tensor] = []
+    with_seg = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
+        frames = batch["frame"].to(device)
+        indices = model.encode(frames)
+        reconstruction = model.decode(indices)
+        counter.update(indices)
+        whole.append(psnr(reconstruction, frames).cpu())
+        structural.append(ssim(reconstruction, frames).cpu())
+        masked.append(masked_psnr(reconstruction, frames, batch["mask"].to(device)).cpu())
+        with_seg += int(batch["has_segmentation"].sum())
+    whole_t, ssim_t, masked_t = torch.cat(whole), torch.cat(structural), torch.cat(masked)
+    valid = masked_t[~torch.isnan(masked_t)]
+    stats = counter.stats()
+    n = len(whole_t)
+    return {
+        "frames": n,
+        "psnr_db": float(whole_t.mean()),
+        "ssim": float(ssim_t.mean()),
+        "object_psnr_db": float(valid.mean()) if len(valid) else math.nan,
+        "object_frames": len(valid),
+        "object_mask": "segmentation" if with_seg == n else ("changing pixels" if with_seg == 0 else "mixed"),
+        "codebook_used": stats.used,
+        "codebook_size": stats.size,
+        "codebook_usage": stats.usage,
+        "perplexity": stats.perplexity,
+    }
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU: use --device cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    cfg = config_from_args(args)
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location=device)
+    model = tokenizer_from_checkpoint(ckpt, str(args.checkpoint)).to(device)
+    data_cfg = cfg.data
+    if args.split != "all" and "data" in ckpt["config"]:
+        # the episodes the training run held out, whatever --config says now
+        data_cfg = DataConfig.model_validate(ckpt["config"]["data"])
+    dataset: EpisodeFrames | Subset = frame_datasets(args.data, data_cfg, model.image_size, split=args.split)
+    if args.max_frames is not None and args.max_frames < len(dataset):
+        if args.max_frames < 1:
+            raise UserError("--max-frames must be >= 1")
+        keep = np.linspace(0, len(dataset) - 1, args.max_frames).round().astype(int)
+        dataset = Subset(dataset, sorted(set(keep.tolist())))
+    results = evaluate(model, dataset, args.batch_size, device)
+    results.update(checkpoint=str(args.checkpoint), data=[str(d) for d in args.data], split=args.split)
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    out = args.json or Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The arm server's safety rules, free of sockets so they can be tested and reasoned about alone.
+
+* :class:`ActionLimiter`: per-step delta caps, then the workspace box (x, y, z, yaw) and the gripper range.
+* :class:`Watchdog`: fires once when neither a command nor a heartbeat arrived within the timeout.
+* :class:`SequenceGuard`: accepts only sequence numbers above the last accepted one.
+
+The e-stop latch is a single flag the server keeps next to them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..configs.schema import SafetyConfig
+from .protocol import ErrorCode, ProtocolError
+from .types import ACTION_DIM
+
+
+@dataclass(frozen=True)
+class LimitedAction:
+    applied: np.ndarray  # (5,) float64: dx, dy, dz (m), dyaw (rad), gripper in [-1, 1]
+    clipped: bool  # applied differs from the commanded action
+
+
+class ActionLimiter:
+    """Clips a commanded 5-D action so the arm stays inside the workspace and within the step limits.
+
+    The box applies to the pose the action would reach from the current pose. A pose already outside
+    the box (a sim task may park the gripper out of view) may move back toward it, never further out.
+    """
+
+    def __init__(self, safety: SafetyConfig) -> None:
+        ws, lim = safety.workspace, safety.step_limits
+        self.low = np.array([ws.x.low, ws.y.low, ws.z.low, ws.yaw.low])
+        self.high = np.array([ws.x.high, ws.y.high, ws.z.high, ws.yaw.high])
+        self.step = np.array([lim.dx, lim.dy, lim.dz, lim.dyaw])
+        self.gripper_low = max(ws.gripper.low, -1.0)
+        self.gripper_high = min(ws.gripper.high, 1.0)
+
+    def limit(self, pose: np.ndarray, action: np.ndarray) -> LimitedAction:
+        """``pose``: (5,) current x, y, z, yaw, gripper; ``action``: (5,) finite commanded action."""
+        action = np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)
+        pose = np.asarray(pose, dtype=np.float64).reshape(ACTION_DIM)
+        delta = np.clip(action[:4], -self.step, self.step)
+        target = pose[:4] + delta
+        bounded = np.clip(target, np.minimum(self.low, pose[:4]), np.maximum(self.high, pose[:4]))
+        # Only recompute the delta where the box cut it, so an unclipped action comes back bit-identical.
+        delta = np.where(bounded != target, bounded - pose[:4], delta)
+        gripper = float(np.clip(action[4], self.gripper_low, self.gripper_high))
+        applied = np.concatenate([delta, [gripper]])
+        return LimitedAction(applied=applied, clipped=not np.array_equal(applied, action))
+
+    def contains(self, pose: np.ndarray, tol: float = 1e-9) -> bool:
+        """Whether a (5,) pose lies inside the workspace box and gripper range."""
+        p = np.asarray(pose, dtype=np.float64)
+        inside = np.all(p[:4] >= self.low - tol) and np.all(p[:4] <= self.high + tol)
+        return bool(inside and self.gripper_low - tol <= p[4] <= self.gripper_high + tol)
+
+    def clamp_pose(self, pose: np.ndarray) -> np.ndarray:
+        """The nearest pose inside the box (used for start poses the operator asks for)."""
+        p = np.asarray(pose, dtype=np.float64).copy()
+        p[:4] = np.clip(p[:4], self.low, self.high)
+        p[4] = np.clip(p[4], self.gripper_low, self.gripper_high)
+        return p
+
+
+class Watchdog:
+    """Fires once when it is armed and ``timeout_s`` passed without :meth:`feed`.
+
+    Armed by motion (a command or an episode reset); disarmed when it fires, so a stopped arm is not
+    stopped again and again; the next motion arms it again.
+    """
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._last_feed = clock()
+        self.armed = False
+
+    def feed(self) -> None:
+        self._last_feed = self._clock()
+
+    def arm(self) -> None:
+        self.feed()
+        self.armed = True
+
+    def time_left(self) -> float:
+        """Seconds until it would fire (inf when disarmed)."""
+        if not self.armed:
+            return float("inf")
+        return self.timeout_s - (self._clock() - self._last_feed)
+
+    def check(self) -> bool:
+        """True exactly once when the timeout passed while armed."""
+        if self.armed and self.time_left() <= 0:
+            self.armed = False
+            return True
+        return False
+
+
+class SequenceGuard:
+    """Accepts a sequence number only when it is above the last accepted one."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def check(self, seq: int) -> None:
+        if seq == self.last:
+            raise ProtocolError(ErrorCode.DUPLICATE_SEQ, f"seq {seq} was already applied")
+        if seq < self.last:
+            raise ProtocolError(
+                ErrorCode.STALE_SEQ,
+                f"seq {seq} is older than the last applied seq {self.last}; use {self.last + 1}+",
+            )
+
+    def accept(self, seq: int) -> None:
+        self.last = seq

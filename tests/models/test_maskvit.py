@@ -1,0 +1,188 @@
+"""MaskViT transformer: window partitions, window locality, action conditioning, TorchScript."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from einops import rearrange
+from maskvit_mpc.configs import load_config
+from maskvit_mpc.models.maskvit import Layer, MaskViT, MaskViTInputError, MaskViTModelConfig
+
+K = 16  # codebook size of the tiny test models
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared machine: one intra-op thread beats two competing ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides) -> MaskViTModelConfig:
+    base = dict(
+        codebook_size=K, grid_h=8, grid_w=8, num_frames=5, d_model=32, n_blocks=2, n_heads=4, dropout=0.0
+    )
+    base.update(overrides)
+    return MaskViTModelConfig(**base)
+
+
+def random_clip(B: int = 2, T: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, K + 1, (B, T, 8, 8), generator=g)  # K = [MASK]
+    actions = torch.randn(B, T - 1, 5, generator=g)
+    return tokens, actions
+
+
+@pytest.mark.parametrize("kind", ["spatial", "spatiotemporal", "full"])
+def test_partition_and_merge_are_exact_inverses(kind: str) -> None:
+    layer = Layer(tiny_config(grid_h=8, grid_w=12, st_window_h=4, st_window_w=3), kind)
+    x = torch.randn(2, 3, 8, 12, 5)
+    windows = layer.partition(x)
+    assert torch.equal(layer.merge(windows), x)
+    tokens_per_window = {"spatial": 8 * 12, "spatiotemporal": 3 * 4 * 3, "full": 3 * 8 * 12}[kind]
+    assert windows.shape[-2:] == (tokens_per_window, 5)
+
+
+def test_spatiotemporal_window_holds_the_tube_across_frames() -> None:
+    layer = Layer(tiny_config(), "spatiotemporal")
+    x = torch.randn(2, 3, 8, 8, 5)
+    windows = layer.partition(x)  # (B, nh, nw, T*4*4, d)
+    assert windows.shape == (2, 2, 2, 3 * 16, 5)
+    # window (row 1, col 0) holds rows 4..7 and columns 0..3 of every frame, frame-major
+    expected = rearrange(x[:, :, 4:8, 0:4], "b t i j d -> b (t i j) d")
+    assert torch.equal(windows[:, 1, 0], expected)
+
+
+def _changed_positions(layer: Layer, x: torch.Tensor, where: tuple[int, int, int]) -> torch.Tensor:
+    """(T, h, w) bool: outputs that change when the input token at `where` (t, i, j) changes."""
+    layer.eval()
+    with torch.no_grad():  # larger weights than the init, so every attention path is clearly visible
+        for p in layer.parameters():
+            p.normal_(0.0, 0.3)
+    x2 = x.clone()
+    x2[0, where[0], where[1], where[2]] = torch.randn(x.shape[-1])
+    with torch.no_grad():
+        return (layer(x2) - layer(x))[0].abs().amax(-1) > 1e-6
+
+
+def test_spatial_window_attention_stays_within_its_frame() -> None:
+    torch.manual_seed(0)
+    layer = Layer(tiny_config(), "spatial")
+    changed = _changed_positions(layer, torch.randn(1, 4, 8, 8, 32), (2, 5, 1))
+    assert changed[2].all()  # every token of the frame sees the change
+    assert not changed[[0, 1, 3]].any()  # no other frame does
+
+
+def test_spatiotemporal_window_attention_stays_within_its_tube() -> None:
+    torch.manual_seed(0)
+    layer = Layer(tiny_config(), "spatiotemporal")
+    changed = _changed_positions(layer, torch.randn(1, 4, 8, 8, 32), (2, 5, 1))  # window rows 4-7, cols 0-3
+    inside = torch.zeros(4, 8, 8, dtype=torch.bool)
+    inside[:, 4:8, 0:4] = True
+    assert changed[inside].all()  # all frames of the tube see it
+    assert not changed[~inside].any()
+
+
+def test_full_attention_layer_sees_the_whole_clip() -> None:
+    torch.manual_seed(0)
+    layer = Layer(tiny_config(), "full")
+    changed = _changed_positions(layer, torch.randn(1, 4, 8, 8, 32), (2, 5, 1))
+    assert changed.all()
+
+
+@pytest.mark.parametrize("attention", ["window", "full"])
+@pytest.mark.parametrize("conditioning", ["none", "input", "every_block"])
+def test_forward_shapes_and_action_free_use(attention: str, conditioning: str) -> None:
+    torch.manual_seed(0)
+    model = MaskViT(tiny_config(attention=attention, action_conditioning=conditioning)).eval()
+    tokens, actions = random_clip()
+    with torch.no_grad():
+        logits = model(tokens, actions)
+        action_free = model(tokens)
+        shorter = model(tokens[:, :3], actions[:, :2])
+    assert logits.shape == (2, 5, 8, 8, K)
+    assert action_free.shape == (2, 5, 8, 8, K)
+    assert shorter.shape == (2, 3, 8, 8, K)
+    assert torch.isfinite(logits).all()
+    if conditioning == "none":
+        assert torch.equal(logits, action_free)
+        assert not any("action" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("conditioning", ["input", "every_block"])
+def test_action_conditioning_changes_predictions(conditioning: str) -> None:
+    torch.manual_seed(0)
+    model = MaskViT(tiny_config(action_conditioning=conditioning)).eval()
+    tokens, actions = random_clip()
+    other = actions.clone()
+    other[:, 2] += 0.5  # the action leading to frame 3
+    with torch.no_grad():
+        base, moved, free = model(tokens, actions), model(tokens, other), model(tokens)
+    assert (base - moved)[:, 3].abs().amax() > 1e-4
+    assert (base - free).abs().amax() > 1e-4
+
+
+def test_action_t_conditions_frame_t_plus_one_only_at_the_input() -> None:
+    # with window attention a frame's tokens mix with other frames, so check the input term itself
+    torch.manual_seed(0)
+    model = MaskViT(tiny_config(n_blocks=1)).eval()
+    tokens, actions = random_clip(B=1)
+    seen = {}
+    model.drop.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0].clone()))
+    with torch.no_grad():
+        model(tokens, actions)
+        with_actions = seen.pop("x")
+        model(tokens)
+        without = seen.pop("x")
+    delta = with_actions - without  # (1, T, h, w, d)
+    assert torch.equal(delta[:, 0], torch.zeros_like(delta[:, 0]))
+    expected = model.action_proj(actions)  # (1, T-1, d)
+    for t in range(1, 5):
+        assert torch.allclose(delta[0, t], expected[0, t - 1].expand(8, 8, -1), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the shape checks become constants
+@pytest.mark.parametrize("attention", ["window", "full"])
+def test_torchscript_script_and_trace_match_eager(attention: str) -> None:
+    torch.manual_seed(0)
+    model = MaskViT(tiny_config(attention=attention, action_conditioning="every_block")).eval()
+    tokens, actions = random_clip(B=3)
+    scripted = torch.jit.script(model)
+    traced = torch.jit.trace(model, (tokens, actions))
+    with torch.no_grad():
+        eager = model(tokens, actions)
+        assert torch.equal(scripted(tokens, actions), eager)
+        assert torch.equal(traced(tokens, actions), eager)
+        assert torch.equal(scripted(tokens, None), model(tokens))
+        # the scripted module is not tied to the batch size or clip length it first saw
+        assert torch.equal(scripted(tokens[:1, :4], actions[:1, :3]), model(tokens[:1, :4], actions[:1, :3]))
+
+
+def test_bad_inputs_are_refused_with_the_expected_shape() -> None:
+    model = MaskViT(tiny_config()).eval()
+    tokens, actions = random_clip()
+    with pytest.raises(MaskViTInputError, match="8, 8"):
+        model(tokens[:, :, :4])
+    with pytest.raises(MaskViTInputError, match="at most 5 frames"):
+        model(torch.cat([tokens, tokens], dim=1))
+    with pytest.raises(MaskViTInputError, match="T-1"):
+        model(tokens, actions[:, :2])
+    with pytest.raises(MaskViTInputError, match="5 components"):
+        model(tokens, actions[..., :4])
+
+
+def test_config_from_the_maskvit_section_and_round_trip() -> None:
+    cfg = load_config("default", ["maskvit.d_model=64", "maskvit.n_heads=4", "maskvit.st_window=[2,4]"])
+    model_cfg = MaskViTModelConfig.from_config(cfg.maskvit, codebook_size=512, grid=8)
+    assert model_cfg.num_frames == cfg.maskvit.context_frames + cfg.maskvit.future_frames
+    assert (model_cfg.st_window_h, model_cfg.st_window_w) == (2, 4)
+    assert model_cfg.mask_token == 512
+    assert MaskViTModelConfig.from_dict(model_cfg.to_dict()) == model_cfg
+    with pytest.raises(MaskViTInputError, match="whole"):
+        MaskViTModelConfig.from_config(cfg.maskvit, codebook_size=512, grid=(8, 6))
+    with pytest.raises(MaskViTInputError, match="unknown fields"):
+        MaskViTModelConfig.from_dict({**model_cfg.to_dict(), "depth": 3})

@@ -1,0 +1,93 @@
+"""train-maskvit end to end on tiny synthetic episodes and a tiny (untrained) tokenizer checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from maskvit_mpc.models import train_maskvit
+from maskvit_mpc.models.maskvit import maskvit_from_checkpoint
+from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
+from maskvit_mpc.models.training import load_checkpoint, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tokenizer_helpers import one_thread, write_episodes  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("mv")
+    episodes = write_episodes(root / "episodes", n=6, steps=5, size=16)
+    torch.manual_seed(0)
+    tok_cfg = TokenizerModelConfig(
+        image_size=16, grid_size=4, channel_mult=[1, 2, 2], base_channels=8, codebook_size=32, code_dim=8
+    )
+    tok = root / "tokenizer.pt"
+    save_checkpoint(
+        tok,
+        models={"tokenizer": VQModel(tok_cfg)},
+        step=0,
+        config={},
+        extra={"model_config": tok_cfg.to_dict()},
+    )
+    return episodes, tok
+
+
+def _argv(episodes: Path, tok: Path, out: Path, *extra: str) -> list[str]:
+    sets = [
+        "data.clip_length=4",
+        "data.image_size=16",
+        "data.val_fraction=0.3",
+        "maskvit.context_frames=1",
+        "maskvit.future_frames=3",
+        "maskvit.d_model=32",
+        "maskvit.n_heads=4",
+        "maskvit.n_blocks=1",
+        "maskvit.batch_size=4",
+        "maskvit.log_every=2",
+        "maskvit.val_every=2",
+        "maskvit.checkpoint_every=2",
+        "maskvit.val_batches=1",
+        "maskvit.device=cpu",
+        "maskvit.token_weighting=background",
+    ]
+    argv = ["--data", str(episodes), "--tokenizer", str(tok), "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + list(extra)
+
+
+def test_train_resume_and_reload(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    episodes, tok = setup
+    out = tmp_path / "run"
+    assert train_maskvit.main(_argv(episodes, tok, out, "--steps", "4")) == 0
+    assert sorted(p.name for p in out.glob("step_*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert all(float(r["loss"]) > 0 and float(r["val_loss"]) > 0 for r in rows)
+    assert 0.5 <= float(rows[0]["mask_ratio"]) <= 1.0
+
+    ckpt = load_checkpoint(out / "step_0000004.pt")
+    assert len(ckpt["extra"]["background"]) == 4  # the 4x4 grid's background tokens, kept for resuming
+    model = maskvit_from_checkpoint(ckpt)
+    tokens = torch.randint(0, 32, (2, 4, 4, 4))
+    assert model(tokens, torch.zeros(2, 3, 5)).shape == (2, 4, 4, 4, 32)
+
+    # an existing run is refused without --resume, continued with it
+    assert train_maskvit.main(_argv(episodes, tok, out, "--steps", "6")) == 2
+    assert train_maskvit.main(_argv(episodes, tok, out, "--steps", "6", "--resume")) == 0
+    assert load_checkpoint(out / "step_0000006.pt")["step"] == 6
+
+
+def test_mismatched_clip_length_and_missing_tokenizer_are_user_errors(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    episodes, tok = setup
+    assert train_maskvit.main(_argv(episodes, tok, tmp_path / "a", "--set", "data.clip_length=5")) == 2
+    assert "clip_length" in capsys.readouterr().err
+    assert train_maskvit.main(_argv(episodes, tmp_path / "none.pt", tmp_path / "b")) == 2
+    assert "none.pt" in capsys.readouterr().err

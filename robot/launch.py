@@ -74,13 +74,22 @@ def launch_sim_server(
             backend,
             "--config",
             str(cfg_path),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         if verbose:
             cmd.append("-v")
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log_file:
+            # A session of its own: Ctrl-C in the terminal reaches only the client, which stops the
+            # arm through the bridge and then shuts the server down; --parent-pid covers a killed client.
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=os.environ.copy()
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                env=os.environ.copy(),
+                start_new_session=True,
             )
             try:
                 endpoints = _wait_ready(proc, startup_timeout_s, log_path)

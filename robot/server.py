@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -477,7 +478,21 @@ def _parser() -> Any:
     parser.add_argument(
         "--gen-keys", metavar="DIR", help="create CurveZMQ server and client key pairs in DIR, then exit"
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="exit when this process is gone (the launcher of a --sim run passes its own pid, so a "
+        "killed mpc-run or collect-finetune-data never leaves an orphaned server)",
+    )
     return parser
+
+
+def _exit_with_parent(parent_pid: int, stop: threading.Event, period_s: float = 0.25) -> None:
+    # Once the parent dies, the kernel re-parents this process, so getppid() changes.
+    while not stop.wait(period_s):
+        if os.getppid() != parent_pid:
+            log.warning("parent process %d is gone: shutting down", parent_pid)
+            stop.set()
 
 
 @cli_entry
@@ -507,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ArmServer(backend, cfg.safety, cfg.bridge)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid, stop), daemon=True).start()
     try:
         endpoints = server.start()
         print(

@@ -150,6 +150,7 @@ def test_ctrl_c_stops_the_arm_and_saves_the_log(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,  # its own process group, like a command in a terminal
     )
     try:
         lines = []
@@ -160,7 +161,8 @@ def test_ctrl_c_stops_the_arm_and_saves_the_log(tmp_path):
             if "step 1:" in line or proc.poll() is not None:
                 break
         assert "step 1:" in lines[-1], "".join(lines)
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,15 +19,6 @@ from maskvit_mpc.models.masking import (
     token_weights,
 )
 from maskvit_mpc.models.maskvit import MaskViT, MaskViTModelConfig
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine: one intra-op thread beats two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_target_frames_keeps_context_and_extra_frames_visible() -> None:

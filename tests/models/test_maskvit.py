@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from einops import rearrange
@@ -11,15 +9,6 @@ from maskvit_mpc.configs import load_config
 from maskvit_mpc.models.maskvit import Layer, MaskViT, MaskViTInputError, MaskViTModelConfig
 
 K = 16  # codebook size of the tiny test models
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine: one intra-op thread beats two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(**overrides) -> MaskViTModelConfig:

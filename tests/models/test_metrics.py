@@ -11,7 +11,6 @@ import torch
 from maskvit_mpc.models.metrics import CodeCounter, changing_pixel_mask, masked_psnr, psnr, ssim
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread  # noqa: E402, F401  (autouse fixture)
 
 
 def test_psnr_of_a_known_mse() -> None:

@@ -29,7 +29,6 @@ VARIANTS = {
 }
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread  # noqa: E402, F401  (autouse fixture)
 
 
 def tiny(**kw) -> TokenizerModelConfig:

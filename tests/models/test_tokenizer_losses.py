@@ -21,7 +21,6 @@ from maskvit_mpc.models.losses import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread  # noqa: E402, F401  (autouse fixture)
 
 
 def tcfg(**overrides):

@@ -21,7 +21,7 @@ from maskvit_mpc.models.training import load_checkpoint
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread, synthetic_frames, write_episodes  # noqa: E402, F401
+from tokenizer_helpers import synthetic_frames, write_episodes  # noqa: E402
 
 TINY = [
     "tokenizer.image_size=16",

@@ -14,7 +14,7 @@ from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
 from maskvit_mpc.models.training import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread, write_episodes  # noqa: E402, F401
+from tokenizer_helpers import write_episodes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

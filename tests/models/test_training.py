@@ -25,7 +25,6 @@ from maskvit_mpc.models.training import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tokenizer_helpers import one_thread  # noqa: E402, F401  (autouse fixture)
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from maskvit_mpc.robot import episodes as E
 
 
@@ -48,12 +45,3 @@ def write_episodes(folder: Path, n: int, steps: int = 5, size: int = 16, segment
                 rec.add_action(np.zeros(5), np.zeros(5), False, float(t))
         E.write_episode(folder / E.episode_filename(i), rec.to_episode())
     return folder
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine: one intra-op thread is many times faster than two competing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

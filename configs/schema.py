@@ -411,6 +411,156 @@ class MaskViTConfig(_Strict):
         return self
 
 
+# --- cameras and calibration (robot/cameras, robot/preprocess, calibration/) ----------------------
+
+
+class ViewConfig(_Strict):
+    """How a camera image becomes the model's view; collection and planning apply the same steps."""
+
+    # Region kept, in pixels of the camera image: x, y (top-left corner), width, height. None: the
+    # largest centred square, so a 4:3 image is cut rather than squashed.
+    crop: list[int] | None = None
+    image_size: int | None = Field(None, ge=8, le=1024)  # square output side; None: data.image_size
+    undistort: bool = False  # remove lens distortion (camera.intrinsics_file) before cropping
+
+    @model_validator(mode="after")
+    def _crop_box(self) -> ViewConfig:
+        if self.crop is not None and (
+            len(self.crop) != 4 or min(self.crop[:2]) < 0 or min(self.crop[2:]) < 1
+        ):
+            raise ValueError(
+                f"crop is [x, y, width, height] in pixels with x, y >= 0 and a positive size, got {self.crop}"
+            )
+        return self
+
+
+class CameraConfig(_Strict):
+    """Which camera a real-robot run reads and how; the sim streams its own frames over the bridge."""
+
+    driver: Literal["zmq", "realsense", "opencv", "replay"] = "zmq"  # zmq: the arm server's stream
+    serial: str | None = None  # realsense: which device (list-cameras); None: the only one connected
+    device: str = "0"  # opencv: a device index (/dev/videoN), a device path or a video file / URL
+    width: int = Field(640, ge=16, le=8192)  # requested capture mode; RealSense must offer it exactly
+    height: int = Field(480, ge=16, le=8192)
+    fps: int = Field(30, ge=1, le=1000)
+    # Frames dropped after connecting: auto exposure and white balance need about a second to settle.
+    warmup_frames: int = Field(30, ge=0, le=10_000)
+    # Fixed exposure in the sensor's own unit (RealSense colour: 0.1 ms, so 166 = 16.6 ms; OpenCV: the
+    # capture backend's); None keeps auto exposure. Fixed exposure keeps brightness constant for the model.
+    exposure: float | None = Field(None, gt=0)
+    depth: bool = False  # realsense: also stream depth, aligned to the colour image (metres)
+    frame_timeout_s: float = Field(2.0, gt=0)  # longest wait for a frame while connecting
+    reconnect_after_failures: int = Field(3, ge=1)  # consecutive read timeouts before reset + reconnect
+    reconnect_timeout_s: float = Field(10.0, gt=0)  # how long a reset device may take to come back
+    replay_path: str | None = None  # replay: an episode .h5, a video file or a folder of images
+    replay_fps: float = Field(0.0, ge=0)  # replay pacing; 0: the next frame at every read
+    replay_loop: bool = False  # replay: start over at the end instead of reporting the end
+    intrinsics_file: str | None = None  # calibrate-camera's output; needed by view.undistort
+    view: ViewConfig = ViewConfig()
+
+
+class BoardSpec(_Strict):
+    """A printed calibration board. Sizes count squares (not inner corners), as printed."""
+
+    type: Literal["checkerboard", "charuco"] = "charuco"  # ChArUco: partly hidden views still count
+    columns: int = Field(9, ge=3, le=100)  # squares across
+    rows: int = Field(6, ge=3, le=100)  # squares down
+    square_size_m: float = Field(0.03, gt=0)  # measure the print: printers scale
+    marker_size_m: float | None = Field(None, gt=0)  # charuco: the ArUco marker side; default 0.75 x square
+    dictionary: str = "DICT_5X5_100"  # charuco: cv2.aruco dictionary name
+
+    @model_validator(mode="after")
+    def _marker_fits(self) -> BoardSpec:
+        if self.marker_size_m is not None and self.marker_size_m >= self.square_size_m:
+            raise ValueError(
+                f"marker_size_m ({self.marker_size_m}) must be smaller than square_size_m ({self.square_size_m})"
+            )
+        return self
+
+
+def _is_matrix(value: list[list[float]], rows: int, cols: int) -> bool:
+    return len(value) == rows and all(len(row) == cols for row in value)
+
+
+class CameraIntrinsics(_Strict):
+    """calibrate-camera's output: the pinhole model and OpenCV distortion of one camera at one resolution."""
+
+    kind: Literal["camera_intrinsics"] = "camera_intrinsics"
+    id: str = Field(min_length=1)  # recorded with every episode (collect.calibration_id)
+    camera: str = ""  # e.g. realsense:123456789 or opencv:0
+    image_width: int = Field(gt=0)
+    image_height: int = Field(gt=0)
+    camera_matrix: list[list[float]]  # 3x3 [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], pixels
+    distortion: list[float]  # OpenCV order: k1, k2, p1, p2[, k3[, k4, k5, k6]]
+    reprojection_error_px: float = Field(ge=0)  # RMS over all detected corners
+    views_used: int = Field(ge=1)
+    board: BoardSpec
+    created: str = ""  # ISO 8601 time of the calibration
+
+    @model_validator(mode="after")
+    def _pinhole(self) -> CameraIntrinsics:
+        k = self.camera_matrix
+        if not _is_matrix(k, 3, 3) or k[2] != [0.0, 0.0, 1.0] or k[0][0] <= 0 or k[1][1] <= 0:
+            raise ValueError(
+                f"camera_matrix must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, got {k}"
+            )
+        if len(self.distortion) not in (4, 5, 8, 12, 14):
+            raise ValueError(
+                f"distortion needs 4, 5, 8, 12 or 14 OpenCV coefficients, got {len(self.distortion)}"
+            )
+        return self
+
+
+class HandEyeCalibration(_Strict):
+    """calibrate-handeye's output: where the camera is, as a 4x4 rigid transform (metres)."""
+
+    kind: Literal["hand_eye"] = "hand_eye"
+    id: str = Field(min_length=1)
+    # eye_to_hand: a fixed camera; transform = the camera's pose in the robot base frame.
+    # eye_in_hand: a camera on the arm; transform = the camera's pose in the gripper (flange) frame.
+    setup: Literal["eye_to_hand", "eye_in_hand"]
+    method: Literal["tsai", "park", "horaud", "andreff", "daniilidis"]
+    transform: list[list[float]]  # 4x4, maps camera coordinates into the parent frame
+    # Spread of the board pose that should be constant (on the gripper, or on the table) over the pairs.
+    residual_translation_mm: float = Field(ge=0)  # RMS
+    residual_rotation_deg: float = Field(ge=0)  # RMS
+    pairs_used: int = Field(ge=3)
+    intrinsics_id: str = ""
+    created: str = ""
+
+    @model_validator(mode="after")
+    def _rigid(self) -> HandEyeCalibration:
+        t = self.transform
+        if not _is_matrix(t, 4, 4) or t[3] != [0.0, 0.0, 0.0, 1.0]:
+            raise ValueError("transform must be a 4x4 matrix whose last row is [0, 0, 0, 1]")
+        r = [row[:3] for row in t[:3]]
+        for i in range(3):
+            for j in range(3):
+                dot = sum(r[k][i] * r[k][j] for k in range(3))
+                if abs(dot - (1.0 if i == j else 0.0)) > 1e-4:
+                    raise ValueError("the rotation part of transform is not orthonormal")
+        det = (
+            r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+            - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+            + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0])
+        )
+        if det < 0:
+            raise ValueError("the rotation part of transform is a reflection (determinant -1)")
+        return self
+
+
+class WorkspaceCalibration(_Strict):
+    """calibrate-workspace's output: the box ``arm-server --workspace-file`` enforces."""
+
+    kind: Literal["workspace_bounds"] = "workspace_bounds"
+    id: str = Field(min_length=1)
+    workspace: WorkspaceBounds
+    source: Literal["recorded", "entered"]
+    points_m: list[list[float]] = []  # the corners it was made from (x, y, z), robot base frame
+    margin_m: float = Field(0.0, ge=0)  # how far the box was pulled in from the corners
+    created: str = ""
+
+
 class Config(_Strict):
     """The whole stack's configuration. Each command reads the sections it needs."""
 
@@ -425,3 +575,4 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     maskvit: MaskViTConfig = MaskViTConfig()
+    camera: CameraConfig = CameraConfig()

@@ -291,6 +291,7 @@ class TokenizerConfig(_Strict):
     init_codebook_from_data: bool = True  # first training batch's latents seed the codebook
     dead_code_steps: int = Field(200, ge=0)  # code unused this many steps: restart it (0: never)
     fsq_levels: list[int] = Field(default_factory=lambda: [8, 8, 8], min_length=1, max_length=8)
+    learned_background: bool = True  # decoder position embedding + background image: codes go to objects
     # losses
     recon_loss: Literal["l1", "l2"] = (
         "l2"  # l2 is what PSNR measures; it raised PSNR faster than l1 in trials
@@ -386,6 +387,9 @@ class MaskViTConfig(_Strict):
     log_every: int = Field(50, ge=1)  # steps between CSV rows
     val_every: int = Field(500, ge=1)  # steps between validation passes
     val_batches: int = Field(8, ge=1)  # validation batches per pass (same clips and masks every pass)
+    # clips decoded at each validation (as the planner decodes) for PSNR / SSIM vs copy-last and the
+    # object-position error; 0 skips it
+    val_decode_clips: int = Field(32, ge=0)
     checkpoint_every: int = Field(1000, ge=1)  # steps between checkpoints
 
     @model_validator(mode="after")

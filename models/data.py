@@ -254,15 +254,33 @@ class EpisodeClips(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def clip_location(self, item: int) -> tuple[int, int]:
+        """(episode index, first frame) of clip ``item``."""
+        i, start = self._index[item]
+        return int(i), int(start)
+
+    def clip_actions(self, episode: int, start: int) -> np.ndarray:
+        """(T-1, 5) float32 actions between the frames of the clip starting at ``start``."""
+        raw = self.episodes[episode].actions(start, start + self.span - 1, self.action_source)  # (span-1, 5)
+        return sum_actions(raw, self.clip_length, self.frame_skip)
+
+    def clip_segmentation(self, item: int) -> torch.Tensor | None:
+        """(T, H, W) uint8 labels of clip ``item`` (0 table, 1 gripper, 2+ objects), None without them."""
+        i, start = (int(v) for v in self._index[item])
+        episode = self.episodes[i]
+        if not isinstance(episode, RecordedEpisode):
+            return None
+        f = episode._h5()
+        if "segmentation" not in f:
+            return None
+        return torch.from_numpy(f["segmentation"][start : start + self.span : self.frame_skip])
+
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
         i, start = (int(v) for v in self._index[item])
         episode = self.episodes[i]
         stop = start + self.span
         frames = torch.from_numpy(np.ascontiguousarray(episode.frames(start, stop, self.frame_skip)))
-        raw = episode.actions(start, stop - 1, self.action_source)  # (span - 1, 5)
-        steps = raw.reshape(self.clip_length - 1, self.frame_skip, ACTION_DIM)
-        actions = steps.sum(axis=1)
-        actions[:, 4] = steps[:, -1, 4]  # the gripper is an absolute command: the last one holds
+        actions = self.clip_actions(i, start)
         if self.image_size is not None and frames.shape[1:3] != (self.image_size, self.image_size):
             frames = resize_frames(frames, self.image_size)
             frames = frames / 255.0 if self.float_frames else frames.round().clamp(0, 255).to(torch.uint8)
@@ -275,6 +293,15 @@ class EpisodeClips(Dataset):
             "episode": i,
             "start": start,
         }
+
+
+def sum_actions(raw: np.ndarray, clip_length: int, frame_skip: int) -> np.ndarray:
+    """Recorded per-step actions ((clip_length - 1) * frame_skip, 5) -> (clip_length - 1, 5) between clip
+    frames: deltas summed, the gripper (an absolute command) taken from the last step."""
+    steps = np.asarray(raw, dtype=np.float32).reshape(clip_length - 1, frame_skip, ACTION_DIM)
+    actions = steps.sum(axis=1)
+    actions[:, 4] = steps[:, -1, 4]
+    return actions
 
 
 @dataclass

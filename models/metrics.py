@@ -67,6 +67,9 @@ class CodeCounter:
     def update(self, indices: Tensor) -> None:
         self.counts += torch.bincount(indices.flatten().cpu(), minlength=self.counts.numel())
 
+    def reset(self) -> None:
+        self.counts.zero_()
+
     def stats(self) -> CodebookStats:
         total = int(self.counts.sum())
         used = int((self.counts > 0).sum())

@@ -62,6 +62,9 @@ class TokenizerModelConfig:
     init_codebook_from_data: bool = True
     dead_code_steps: int = 200  # 0: never restart
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
+    # learned position embedding at the decoder's token grid plus a learned background image added to
+    # its output; False in checkpoints written before the option existed
+    learned_background: bool = False
 
     @classmethod
     def from_config(cls, cfg: TokenizerConfig) -> TokenizerModelConfig:
@@ -150,7 +153,16 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
         c = widths[-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_dim, c, 3, padding=1), ResBlock(c, c)]
+        self.conv_in = nn.Conv2d(in_dim, c, 3, padding=1)
+        # A fixed camera sees the same table in every frame. A conv decoder cannot tell positions apart
+        # away from the borders, so without help it spends codes on where the background is brighter;
+        # a per-position embedding and a background image make "empty table" one code everywhere and
+        # leave the codes to the gripper and the objects.
+        grid = cfg.grid_size
+        size = cfg.image_size
+        self.position = nn.Parameter(torch.zeros(1, c, grid, grid)) if cfg.learned_background else None
+        self.background = nn.Parameter(torch.zeros(1, 3, size, size)) if cfg.learned_background else None
+        layers: list[nn.Module] = [ResBlock(c, c)]
         for level in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks):
                 layers.append(ResBlock(c, widths[level]))
@@ -169,7 +181,15 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(c, 3, 3, padding=1)  # its weight drives the GAN's adaptive weight
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.conv_out(self.net(z))
+        x = self.conv_in(z)
+        position = self.position
+        if position is not None:
+            x = x + position
+        out = self.conv_out(self.net(x))
+        background = self.background
+        if background is not None:
+            out = out + background
+        return out
 
 
 class QuantizerOutput(NamedTuple):

@@ -13,20 +13,17 @@ columns every ``val_every`` steps: the same validation clips and masks every tim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
-from tqdm import tqdm
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from ..configs import Config
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
@@ -34,16 +31,20 @@ from ..configs.errors import UserError
 from .data import make_datasets
 from .masking import MVMObjective, background_tokens
 from .maskvit import MaskViT, MaskViTModelConfig
+from .prediction_eval import clip_batch, evaluate_predictions
+from .token_cache import TokenCache, file_digest, token_datasets
 from .tokenizer import VQModel, tokenizer_from_checkpoint
 from .training import (
-    CheckpointError,
-    CSVLogger,
     DistContext,
-    all_reduce_mean,
+    LoopSchedule,
+    autocast,
     checkpoint_name,
-    latest_checkpoint,
     load_checkpoint,
     lr_at,
+    nanmean,
+    prune_checkpoints,
+    resume_point,
+    run_loop,
     save_checkpoint,
     seed_everything,
     set_lr,
@@ -97,27 +98,6 @@ def _endless(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
-@torch.no_grad()
-def _tokenize(tokenizer: VQModel, frames: Tensor) -> Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, T, h, w) long codes."""
-    B, T = frames.shape[:2]
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0  # (B*T, 3, H, W)
-    codes = tokenizer.encode(x)  # (B*T, h, w)
-    return codes.reshape(B, T, *codes.shape[1:])
-
-
-def _mean(values: list[float]) -> float:
-    """Mean ignoring NaN (a batch with no informative token), NaN when all are."""
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # decay matrices only: embeddings, position tables, norms and biases keep their scale
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n and "pos_" not in n]
@@ -125,11 +105,6 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
-
-
-def _prune(out: Path) -> None:
-    for old in sorted(out.glob("step_*.pt"))[:-_KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
 
 
 def train(cfg: Config, data: list[str], out: Path, resume: bool = False) -> dict[str, float]:
@@ -153,13 +128,7 @@ def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistConte
         raise UserError(
             "no tokenizer: pass --tokenizer runs/tokenizer/step_N.pt (train one with train-tokenizer)"
         )
-    existing = latest_checkpoint(out)
-    if resume and existing is None:
-        raise CheckpointError(f"--resume: no step_N.pt checkpoint in {out}; drop --resume to start a new run")
-    if not resume and existing is not None:
-        raise UserError(
-            f"{out} already holds checkpoints ({existing.name}): pass --resume, or choose another --out"
-        )
+    existing = resume_point(out, resume)
 
     tok_path = Path(mcfg.tokenizer_checkpoint)
     tokenizer = tokenizer_from_checkpoint(load_checkpoint(tok_path, map_location="cpu"), str(tok_path)).to(
@@ -175,11 +144,21 @@ def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistConte
 
     seed_everything(mcfg.seed)  # identical initial weights on every rank
     clips = make_datasets(cfg.data, data, num_samples=None, seed=mcfg.seed)
+    # every frame is encoded once (rank 0 writes the cache, the others read it)
+    episodes = [e for part in (*clips.train.datasets, *clips.val.datasets) for e in part.episodes]
+    cache_path = out / "token_cache.pt"
+    tokenizer_id = file_digest(tok_path)
+    if ctx.is_main:
+        TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes)
+    ctx.barrier()
+    cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes, progress=False)
+    train_tokens = token_datasets(clips.train, cache)
+    val_tokens = token_datasets(clips.val, cache)
+
     raw_model = MaskViT(model_cfg).to(ctx.device)
     opt = _optimizer(raw_model, mcfg.lr, mcfg.weight_decay)
-
     step, background = 0, None
-    if resume and existing is not None:
+    if existing is not None:
         ckpt = load_checkpoint(existing, map_location=ctx.device)
         saved = ckpt["extra"].get("model_config", {})
         if saved != model_cfg.to_dict():
@@ -198,9 +177,9 @@ def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistConte
         log.info("already at step %d of %d: nothing to do (raise --steps to train further)", step, mcfg.steps)
         return {}
 
-    if len(clips.train) < mcfg.batch_size * ctx.world_size:
+    if len(train_tokens) < mcfg.batch_size * ctx.world_size:
         raise UserError(
-            f"{len(clips.train)} training clips cannot fill a batch of {mcfg.batch_size} on each of "
+            f"{len(train_tokens)} training clips cannot fill a batch of {mcfg.batch_size} on each of "
             f"{ctx.world_size} process(es): lower maskvit.batch_size or record more episodes"
         )
     # the sampler mixes folders by weight; each rank (and each resume) draws its own stream
@@ -209,115 +188,114 @@ def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistConte
         clips.train_sampler.num_samples,
         generator=torch.Generator().manual_seed(mcfg.seed + 1000 * ctx.rank + step),
     )
-    batches = _endless(_loader(clips.train, train_sampler, mcfg.batch_size, ctx, mcfg.num_workers))
+    batches = _endless(_loader(train_tokens, train_sampler, mcfg.batch_size, ctx, mcfg.num_workers))
     if mcfg.token_weighting == "background" and background is None:
-        # computed on rank 0's stream and shared, so every rank weighs the same tokens
+        # every cached training frame votes; the same on every rank since the cache is shared
         found = torch.cat(
-            [_tokenize(tokenizer, next(batches)["frames"].to(ctx.device)) for _ in range(_BACKGROUND_BATCHES)]
+            [cache.episode_codes(e).long() for part in clips.train.datasets for e in part.episodes]
         )
-        background = background_tokens(found)
-        if ctx.distributed:
-            torch.distributed.broadcast(background, src=0)
+        background = background_tokens(found[None]).to(ctx.device)
     objective = MVMObjective.from_config(mcfg, model_cfg.mask_token, background)
-
     model = wrap_ddp(raw_model, ctx)
-    csv_log = CSVLogger(out / "metrics.csv") if ctx.is_main else None
     if ctx.is_main:
         log.info(
             "%d train / %d val clips; MaskViT %.2fM parameters, %d+%d frames of %dx%d tokens, %d codes; %d process(es) on %s",
-            len(clips.train), len(clips.val), raw_model.num_parameters() / 1e6, mcfg.context_frames,
+            len(train_tokens), len(val_tokens), raw_model.num_parameters() / 1e6, mcfg.context_frames,
             mcfg.future_frames, model_cfg.grid_h, model_cfg.grid_w, model_cfg.codebook_size, ctx.world_size, ctx.device,
         )  # fmt: skip
     gen = torch.Generator(device=ctx.device).manual_seed(mcfg.seed + 7919 * (ctx.rank + 1) + step)
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    t_window = time.perf_counter()
-    bar = tqdm(total=mcfg.steps, initial=step, disable=not ctx.is_main, desc="maskvit", dynamic_ncols=True)
-    while step < mcfg.steps:
+
+    def train_step(step: int) -> dict[str, float]:
         model.train()
         batch = next(batches)
-        tokens = _tokenize(tokenizer, batch["frames"].to(ctx.device, non_blocking=True))
+        tokens = batch["tokens"].to(ctx.device, non_blocking=True)
         actions = (
             batch["actions"].to(ctx.device, non_blocking=True) if mcfg.action_conditioning != "none" else None
         )
         lr = lr_at(step, mcfg.lr, mcfg.warmup_steps, mcfg.steps, mcfg.min_lr_ratio)
         set_lr(opt, lr)
-        with _autocast(mcfg.precision, ctx.device):
+        with autocast(mcfg.precision, ctx.device):
             result = objective(model, tokens, actions, gen)
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         if mcfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(raw_model.parameters(), mcfg.grad_clip)
         opt.step()
-        step += 1
-        bar.update(1)
-        for key, value in (
-            ("loss", result.loss.item()),
-            ("accuracy", result.accuracy),
-            ("informative_accuracy", result.informative_accuracy),
-            ("mask_ratio", result.mask_ratio),
-        ):
-            window.setdefault(key, []).append(value)
+        return {
+            "loss": result.loss.item(),
+            "accuracy": result.accuracy,
+            "informative_accuracy": result.informative_accuracy,
+            "mask_ratio": result.mask_ratio,
+            "lr": lr,
+        }
 
-        row: dict[str, float] = {}
-        if step % mcfg.log_every == 0 or step == mcfg.steps:
-            row = {k: _mean(v) for k, v in window.items()}
-            row["clips_per_s"] = (
-                len(window["loss"]) * mcfg.batch_size * ctx.world_size / (time.perf_counter() - t_window)
-            )
-            window, t_window = {}, time.perf_counter()
-        if step % mcfg.val_every == 0 or step == mcfg.steps:
-            row.update(_validate(raw_model, tokenizer, clips.val, objective, cfg, ctx))
-        if row:
-            row = all_reduce_mean(row, ctx)
-            if csv_log is not None:
-                csv_log.log({"step": step, "lr": lr, **row})
-            bar.set_postfix(
-                loss=f"{row.get('loss', math.nan):.3f}", acc=f"{row.get('accuracy', math.nan):.3f}"
-            )
-            last = {**last, **row}
-        if step % mcfg.checkpoint_every == 0 or step == mcfg.steps:
-            if ctx.is_main:
-                save_checkpoint(
-                    out / checkpoint_name(step),
-                    models={"maskvit": raw_model},
-                    optimizers={"maskvit": opt},
-                    step=step,
-                    config={"maskvit": mcfg.model_dump(), "data": cfg.data.model_dump()},
-                    extra={
-                        "model_config": model_cfg.to_dict(),
-                        "tokenizer_checkpoint": str(tok_path),
-                        "background": background.tolist() if background is not None else None,
-                        "world_size": ctx.world_size,
-                    },
-                )
-                _prune(out)
-            ctx.barrier()
-    bar.close()
+    def validate(step: int) -> dict[str, float]:
+        return _validate(raw_model, tokenizer, clips.val, val_tokens, objective, cfg, ctx)
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            out / checkpoint_name(step),
+            models={"maskvit": raw_model},
+            optimizers={"maskvit": opt},
+            step=step,
+            config={"maskvit": mcfg.model_dump(), "data": cfg.data.model_dump()},
+            extra={
+                "model_config": model_cfg.to_dict(),
+                "tokenizer_checkpoint": str(tok_path),
+                "tokenizer_sha256": tokenizer_id,
+                "background": background.tolist() if background is not None else None,
+                "world_size": ctx.world_size,
+            },
+        )
+        prune_checkpoints(out, _KEEP_CHECKPOINTS)
+
+    last = run_loop(
+        start_step=step,
+        schedule=LoopSchedule(mcfg.steps, mcfg.log_every, mcfg.checkpoint_every, mcfg.val_every),
+        train_step=train_step,
+        save=save,
+        ctx=ctx,
+        csv_path=out / "metrics.csv",
+        items_per_step=mcfg.batch_size,
+        rate_name="clips_per_s",
+        desc="maskvit",
+        validate=validate,
+        postfix=lambda row: {
+            "loss": f"{row.get('loss', math.nan):.3f}",
+            "acc": f"{row.get('accuracy', math.nan):.3f}",
+        },
+    )
     if ctx.is_main:
-        log.info("done: step %d, loss %.3f, masked accuracy %.3f; checkpoints in %s", step,
+        log.info("done: step %d, loss %.3f, masked accuracy %.3f; checkpoints in %s", mcfg.steps,
                  last.get("loss", math.nan), last.get("accuracy", math.nan), out)  # fmt: skip
     return last
 
 
 @torch.no_grad()
 def _validate(
-    model: MaskViT, tokenizer: VQModel, val: Dataset, objective: MVMObjective, cfg: Config, ctx: DistContext
+    model: MaskViT,
+    tokenizer: VQModel,
+    val_clips: ConcatDataset,
+    val_tokens: ConcatDataset,
+    objective: MVMObjective,
+    cfg: Config,
+    ctx: DistContext,
 ) -> dict[str, float]:
-    """Mean MVM metrics over the first ``val_batches`` validation batches, with fixed masks."""
+    """MVM metrics over the first ``val_batches`` validation batches (fixed masks), then the decoded
+    predictions of ``val_decode_clips`` fixed clips against the truth and against copy-last."""
     mcfg = cfg.maskvit
-    if len(val) == 0:
+    if len(val_tokens) == 0:
         return {}
     model.eval()
-    loader = DataLoader(val, batch_size=min(mcfg.batch_size, len(val)), shuffle=False)
+    loader = DataLoader(val_tokens, batch_size=min(mcfg.batch_size, len(val_tokens)), shuffle=False)
     gen = torch.Generator(device=ctx.device).manual_seed(12345)
     sums: dict[str, list[float]] = {}
     for i, batch in enumerate(loader):
         if i >= mcfg.val_batches:
             break
-        tokens = _tokenize(tokenizer, batch["frames"].to(ctx.device))
+        tokens = batch["tokens"].to(ctx.device)
         actions = batch["actions"].to(ctx.device) if mcfg.action_conditioning != "none" else None
-        with _autocast(mcfg.precision, ctx.device):
+        with autocast(mcfg.precision, ctx.device):
             r = objective(model, tokens, actions, gen)
         for key, value in (
             ("val_loss", r.loss.item()),
@@ -325,7 +303,29 @@ def _validate(
             ("val_informative_accuracy", r.informative_accuracy),
         ):
             sums.setdefault(key, []).append(value)
-    return {k: _mean(v) for k, v in sums.items()}
+    row = {k: nanmean(v) for k, v in sums.items()}
+    if mcfg.val_decode_clips > 0:
+        picks = np.linspace(0, len(val_tokens) - 1, min(mcfg.val_decode_clips, len(val_tokens))).round()
+        metrics: dict[str, list[float]] = {}
+        for chunk in np.array_split(picks.astype(int), max(1, math.ceil(len(picks) / mcfg.batch_size))):
+            batch = clip_batch(val_clips, val_tokens, chunk.tolist())
+            with autocast(mcfg.precision, ctx.device):
+                m = evaluate_predictions(
+                    model,
+                    tokenizer,
+                    batch.frames.to(ctx.device),
+                    batch.tokens.to(ctx.device),
+                    batch.actions.to(ctx.device) if mcfg.action_conditioning != "none" else None,
+                    mcfg.context_frames,
+                    segmentation=batch.segmentation,
+                    steps=mcfg.decode_steps,
+                    schedule=mcfg.mask_schedule,
+                    temperature=0.0,
+                )
+            for k, v in m.items():
+                metrics.setdefault(f"val_{k}", []).append(v)
+        row.update({k: nanmean(v) for k, v in metrics.items()})
+    return row
 
 
 @cli_entry

@@ -8,11 +8,9 @@ GPUs). Writes into --out: ``step_N.pt`` checkpoints (the last three kept), ``met
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from ..configs import Config
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
@@ -31,14 +28,15 @@ from .losses import PatchDiscriminator, TokenizerLoss
 from .metrics import CodeCounter, psnr
 from .tokenizer import TokenizerModelConfig, VQModel
 from .training import (
-    CheckpointError,
-    CSVLogger,
     DistContext,
-    all_reduce_mean,
+    LoopSchedule,
+    autocast,
     checkpoint_name,
-    latest_checkpoint,
     load_checkpoint,
     lr_at,
+    prune_checkpoints,
+    resume_point,
+    run_loop,
     save_checkpoint,
     seed_everything,
     set_lr,
@@ -119,10 +117,11 @@ def _sample_grid(frames: torch.Tensor, reconstructions: torch.Tensor) -> Image.I
     return Image.fromarray((grid.cpu().numpy() * 255).round().astype(np.uint8))
 
 
-def _autocast(cfg_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg_precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _check_resume_config(saved: dict, current: TokenizerModelConfig) -> None:
@@ -133,12 +132,6 @@ def _check_resume_config(saved: dict, current: TokenizerModelConfig) -> None:
         raise UserError(
             f"cannot resume: the network differs from the checkpoint's ({detail}); use the same --config/--set"
         )
-
-
-def _prune(out: Path) -> None:
-    found = sorted(out.glob("step_*.pt"))
-    for old in found[:-_KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
 
 
 def train(
@@ -157,15 +150,11 @@ def _train(
     cfg: Config, data: list[str], out: Path, resume: bool, split: str, ctx: DistContext
 ) -> dict[str, float]:
     tcfg = cfg.tokenizer
-    if tcfg.precision == "bf16" and ctx.device.type != "cuda":
-        log.warning("bf16 autocast asked for on CPU: it runs, but check the speed against fp32")
-    existing = latest_checkpoint(out)
-    if resume and existing is None:
-        raise CheckpointError(f"--resume: no step_N.pt checkpoint in {out}; drop --resume to start a new run")
-    if not resume and existing is not None:
-        raise UserError(
-            f"{out} already holds checkpoints ({existing.name}): pass --resume, or choose another --out"
+    if tcfg.precision == "bf16" and ctx.device.type == "cpu" and not _cpu_has_fast_bf16():
+        log.warning(
+            "bf16 autocast on a CPU without native bf16 (AMX / AVX512-BF16) is slow: try precision=fp32"
         )
+    existing = resume_point(out, resume)
 
     seed_everything(tcfg.seed)  # identical initial weights on every rank
     dataset = frame_datasets(data, cfg.data, tcfg.image_size, split=split)  # type: ignore[arg-type]
@@ -187,7 +176,7 @@ def _train(
     )
 
     step = 0
-    if resume and existing is not None:
+    if existing is not None:
         ckpt = load_checkpoint(existing, map_location=ctx.device)
         _check_resume_config(ckpt["extra"].get("model_config", {}), model_cfg)
         raw_model.load_state_dict(ckpt["models"]["tokenizer"])
@@ -208,8 +197,6 @@ def _train(
     batches = _batches(dataset, tcfg.batch_size, ctx, tcfg.num_workers, seed=tcfg.seed + step)
     sample_idx = np.linspace(0, len(dataset) - 1, min(_SAMPLE_FRAMES, len(dataset))).round().astype(int)
     sample_frames = torch.stack([dataset[int(i)]["frame"] for i in sample_idx]).to(ctx.device)
-
-    csv_log = CSVLogger(out / "metrics.csv") if ctx.is_main else None
     if ctx.is_main:
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info(
@@ -218,18 +205,15 @@ def _train(
             model_cfg.num_codes, ctx.world_size, ctx.device,
         )  # fmt: skip
     counter = CodeCounter(model_cfg.num_codes)
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    t_window = time.perf_counter()
-    bar = tqdm(total=tcfg.steps, initial=step, disable=not ctx.is_main, desc="tokenizer", dynamic_ncols=True)
-    model.train()
-    while step < tcfg.steps:
+
+    def train_step(step: int) -> dict[str, float]:
         batch = next(batches)
         frames = batch["frame"].to(ctx.device, non_blocking=True)
         mask = batch["mask"].to(ctx.device, non_blocking=True)
         lr = lr_at(step, tcfg.lr, tcfg.warmup_steps, tcfg.steps, tcfg.min_lr_ratio)
         set_lr(opt_g, lr)
-        with _autocast(tcfg.precision, ctx.device):
+        model.train()
+        with autocast(tcfg.precision, ctx.device):
             out_g = model(frames)
             rec = out_g.reconstruction.float()
             g = loss_fn.generator_loss(
@@ -249,59 +233,62 @@ def _train(
         logs = dict(g.logs)
         if disc is not None and opt_d is not None and loss_fn.gan_active(step):
             set_lr(opt_d, lr)
-            with _autocast(tcfg.precision, ctx.device):
+            with autocast(tcfg.precision, ctx.device):
                 d = loss_fn.discriminator_loss(frames, rec, step, disc)
             opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             opt_d.step()
             logs.update(d.logs)
-        step += 1
         counter.update(out_g.indices)
         logs["psnr"] = float(psnr(rec.detach(), frames).mean())
-        for k, v in logs.items():
-            window.setdefault(k, []).append(v)
-        bar.update(1)
+        logs["lr"] = lr
+        return logs
 
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
-            stats = counter.stats()
-            row = {k: float(np.mean(v)) for k, v in window.items()}
-            row.update(codebook_usage=stats.usage, perplexity=stats.perplexity)
-            row = all_reduce_mean(row, ctx)
-            elapsed = time.perf_counter() - t_window
-            row.update(
-                step=step,
-                lr=lr,
-                frames_per_s=len(window["psnr"]) * tcfg.batch_size * ctx.world_size / elapsed,
-            )
-            if csv_log is not None:
-                csv_log.log({"step": step, **{k: v for k, v in row.items() if k != "step"}})
-            bar.set_postfix(
-                loss=f"{row['rec_loss']:.4f}", psnr=f"{row['psnr']:.1f}", codes=f"{row['codebook_usage']:.2f}"
-            )
-            last = row
-            window, counter, t_window = {}, CodeCounter(model_cfg.num_codes), time.perf_counter()
-        if ctx.is_main and (step % tcfg.sample_every == 0 or step == tcfg.steps):
+    def window_stats() -> dict[str, float]:
+        stats = counter.stats()
+        counter.reset()
+        return {"codebook_usage": stats.usage, "perplexity": stats.perplexity}
+
+    def after_step(step: int) -> None:
+        if step % tcfg.sample_every == 0 or step == tcfg.steps:
             _write_samples(raw_model, sample_frames, out / "samples" / f"step_{step:07d}.png")
-        if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-            if ctx.is_main:
-                models = {"tokenizer": raw_model}
-                optimizers: dict[str, torch.optim.Optimizer] = {"tokenizer": opt_g}
-                if raw_disc is not None and opt_d is not None:
-                    models["discriminator"] = raw_disc
-                    optimizers["discriminator"] = opt_d
-                save_checkpoint(
-                    out / checkpoint_name(step),
-                    models=models,
-                    optimizers=optimizers,
-                    step=step,
-                    config={"tokenizer": tcfg.model_dump(), "data": cfg.data.model_dump()},
-                    extra={"model_config": model_cfg.to_dict(), "world_size": ctx.world_size},
-                )
-                _prune(out)
-            ctx.barrier()
-    bar.close()
+
+    def save(step: int) -> None:
+        models = {"tokenizer": raw_model}
+        optimizers: dict[str, torch.optim.Optimizer] = {"tokenizer": opt_g}
+        if raw_disc is not None and opt_d is not None:
+            models["discriminator"] = raw_disc
+            optimizers["discriminator"] = opt_d
+        save_checkpoint(
+            out / checkpoint_name(step),
+            models=models,
+            optimizers=optimizers,
+            step=step,
+            config={"tokenizer": tcfg.model_dump(), "data": cfg.data.model_dump()},
+            extra={"model_config": model_cfg.to_dict(), "world_size": ctx.world_size},
+        )
+        prune_checkpoints(out, _KEEP_CHECKPOINTS)
+
+    last = run_loop(
+        start_step=step,
+        schedule=LoopSchedule(tcfg.steps, tcfg.log_every, tcfg.checkpoint_every),
+        train_step=train_step,
+        save=save,
+        ctx=ctx,
+        csv_path=out / "metrics.csv",
+        items_per_step=tcfg.batch_size,
+        rate_name="frames_per_s",
+        desc="tokenizer",
+        window_stats=window_stats,
+        after_step=after_step,
+        postfix=lambda row: {
+            "loss": f"{row['rec_loss']:.4f}",
+            "psnr": f"{row['psnr']:.1f}",
+            "codes": f"{row['codebook_usage']:.2f}",
+        },
+    )
     if ctx.is_main:
-        log.info("done: step %d, psnr %.2f dB, codebook usage %.2f; checkpoints in %s", step,
+        log.info("done: step %d, psnr %.2f dB, codebook usage %.2f; checkpoints in %s", tcfg.steps,
                  last.get("psnr", float("nan")), last.get("codebook_usage", float("nan")), out)  # fmt: skip
     return last
 

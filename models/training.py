@@ -1,5 +1,5 @@
-"""What every training script shares: devices and torchrun/DDP, seeding, the LR schedule, checkpoints
-and the metrics CSV.
+"""What every training script shares: devices and torchrun/DDP, seeding, the LR schedule, checkpoints,
+the metrics CSV and the training loop itself (:func:`run_loop`).
 
 A script is the same code on one CPU, one GPU or many under ``torchrun``::
 
@@ -17,12 +17,15 @@ Checkpoints are a dict of ``state_dict``s, plain numbers and plain config dicts 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import os
 import random
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from ..configs.errors import UserError
 
@@ -38,11 +42,17 @@ __all__ = [
     "CSVLogger",
     "CheckpointError",
     "DistContext",
+    "LoopSchedule",
     "all_reduce_mean",
+    "autocast",
     "checkpoint_name",
     "latest_checkpoint",
     "load_checkpoint",
     "lr_at",
+    "nanmean",
+    "prune_checkpoints",
+    "resume_point",
+    "run_loop",
     "save_checkpoint",
     "seed_everything",
     "set_lr",
@@ -266,3 +276,126 @@ class CSVLogger:
 
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
+
+
+# --- the training loop --------------------------------------------------------------------------
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for (GPUs, and CPUs with AMX: 1.7x on the tokenizer), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resume_point(out: str | Path, resume: bool) -> Path | None:
+    """The checkpoint a run continues from (None: a fresh run), refusing the two easy mistakes: --resume
+    with nothing to resume, and a fresh run that would mix its checkpoints with an older run's."""
+    out = Path(out)
+    existing = latest_checkpoint(out)
+    if resume and existing is None:
+        raise CheckpointError(f"--resume: no step_N.pt checkpoint in {out}; drop --resume to start a new run")
+    if not resume and existing is not None:
+        raise UserError(
+            f"{out} already holds checkpoints ({existing.name}): pass --resume, or choose another --out"
+        )
+    return existing
+
+
+def prune_checkpoints(out: str | Path, keep: int = 3) -> None:
+    """Delete all but the ``keep`` newest ``step_N.pt`` in ``out``."""
+    found = sorted(
+        (int(m.group(1)), p) for p in Path(out).iterdir() if (m := _CKPT_RE.match(p.name)) is not None
+    )
+    for _, old in found[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean ignoring NaN (a batch with nothing to measure), NaN when all are."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+@dataclass(frozen=True)
+class LoopSchedule:
+    """When the loop stops, logs, validates and checkpoints (all in optimizer steps)."""
+
+    total_steps: int
+    log_every: int
+    checkpoint_every: int
+    validate_every: int = 0  # 0: never
+
+
+def run_loop(
+    *,
+    start_step: int,
+    schedule: LoopSchedule,
+    train_step: Callable[[int], dict[str, float]],
+    save: Callable[[int], None],
+    ctx: DistContext,
+    csv_path: Path,
+    items_per_step: int,
+    rate_name: str,
+    desc: str,
+    window_stats: Callable[[], dict[str, float]] | None = None,
+    validate: Callable[[int], dict[str, float]] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    postfix: Callable[[dict[str, float]], dict[str, str]] | None = None,
+) -> dict[str, float]:
+    """The one training loop every model uses; the model-specific parts come in as callables.
+
+    ``train_step(step)`` runs one optimizer step (step counts steps done before it) and returns scalar
+    logs. Every ``log_every`` steps the logs are averaged (NaN ignored), extended with
+    ``window_stats()`` and the throughput ``rate_name`` (items per second over all ranks), averaged over
+    ranks and appended to ``csv_path``; every ``validate_every`` steps ``validate(step)`` adds its
+    columns to that row; every ``checkpoint_every`` steps and at the end ``save(step)`` runs on rank 0
+    (the others wait). ``after_step(step)`` runs on rank 0 after each step (sample images and the like).
+    Returns the union of the rows logged, the latest value of each column.
+    """
+    csv_log = CSVLogger(csv_path) if ctx.is_main else None
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    step = start_step
+    t_window = time.perf_counter()
+    bar = tqdm(
+        total=schedule.total_steps, initial=step, disable=not ctx.is_main, desc=desc, dynamic_ncols=True
+    )
+    while step < schedule.total_steps:
+        logs = train_step(step)
+        step += 1
+        bar.update(1)
+        for key, value in logs.items():
+            window.setdefault(key, []).append(float(value))
+        final = step == schedule.total_steps
+        row: dict[str, float] = {}
+        if step % schedule.log_every == 0 or final:
+            steps_in_window = max(len(v) for v in window.values()) if window else 0
+            row = {k: nanmean(v) for k, v in window.items()}
+            if window_stats is not None:
+                row.update(window_stats())
+            elapsed = time.perf_counter() - t_window
+            row[rate_name] = steps_in_window * items_per_step * ctx.world_size / max(elapsed, 1e-9)
+            window = {}
+        if (
+            validate is not None
+            and schedule.validate_every > 0
+            and (step % schedule.validate_every == 0 or final)
+        ):
+            row.update(validate(step))
+        if row:
+            row = all_reduce_mean(row, ctx)
+            if csv_log is not None:
+                csv_log.log({"step": step, **row})
+            if postfix is not None:
+                bar.set_postfix(postfix(row))
+            last = {**last, **row}
+            t_window = time.perf_counter()  # validation time does not count against throughput
+        if ctx.is_main and after_step is not None:
+            after_step(step)
+        if step % schedule.checkpoint_every == 0 or final:
+            if ctx.is_main:
+                save(step)
+            ctx.barrier()
+    bar.close()
+    return last

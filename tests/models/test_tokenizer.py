@@ -26,6 +26,7 @@ VARIANTS = {
     "vq-euclid-ema": {"quantizer": "vq", "cosine_codes": False, "codebook_update": "ema"},
     "vq-cosine-ema": {"quantizer": "vq", "cosine_codes": True, "codebook_update": "ema"},
     "fsq": {"quantizer": "fsq", "fsq_levels": [5, 4, 3]},
+    "fsq-background": {"quantizer": "fsq", "fsq_levels": [5, 4, 3], "learned_background": True},
 }
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -214,6 +215,25 @@ def test_torchscript_encode_decode_match_eager(variant: str) -> None:
     codes = model.encode(frames)
     assert torch.equal(loaded.encode(frames), codes)
     assert torch.equal(loaded.decode(codes), model.decode(codes))
+
+
+def test_learned_background_lets_one_code_decode_to_position_dependent_pixels() -> None:
+    """A conv decoder alone maps a constant code grid to a nearly constant image; the learned background
+    gives each position its own pixels, which is what a fixed camera's table needs."""
+    model = VQModel(tiny(quantizer="fsq", fsq_levels=[5, 4, 3], learned_background=True)).eval()
+    gradient = torch.linspace(0, 1, 16)[None, None, None, :].expand(1, 3, 16, 16)
+    opt = torch.optim.Adam([model.decoder.background], lr=0.05)
+    codes = torch.zeros(1, 4, 4, dtype=torch.long)  # the same code everywhere
+    for _ in range(100):
+        loss = F.mse_loss(model.decoder(model.quantizer.lookup(codes)), gradient * 2 - 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    decoded = model.decode(codes)
+    assert (decoded[..., -1] - decoded[..., 0]).mean() > 0.8  # left-to-right ramp reproduced
+    assert "decoder.background" in model.state_dict()
+    plain = VQModel(tiny(quantizer="fsq", fsq_levels=[5, 4, 3]))
+    assert "decoder.background" not in plain.state_dict()  # older checkpoints load unchanged
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:

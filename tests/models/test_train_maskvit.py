@@ -70,6 +70,17 @@ def test_train_resume_and_reload(setup: tuple[Path, Path], tmp_path: Path) -> No
     assert [r["step"] for r in rows] == ["2", "4"]
     assert all(float(r["loss"]) > 0 and float(r["val_loss"]) > 0 for r in rows)
     assert 0.5 <= float(rows[0]["mask_ratio"]) <= 1.0
+    # decoded predictions are scored against the truth and the copy-last baseline, with object errors
+    for column in (
+        "val_pred_psnr",
+        "val_copy_last_psnr",
+        "val_pred_ssim",
+        "val_recon_psnr",
+        "val_object_found",
+    ):
+        assert all(float(r[column]) >= 0 for r in rows), column
+    assert float(rows[0]["val_copy_last_psnr"]) > 10  # tiny synthetic clips: copy-last is close
+    assert (out / "token_cache.pt").is_file()  # frames encoded once, reused on resume
 
     ckpt = load_checkpoint(out / "step_0000004.pt")
     assert len(ckpt["extra"]["background"]) == 4  # the 4x4 grid's background tokens, kept for resuming

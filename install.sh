@@ -13,7 +13,8 @@ if [[ "${SKIP_APT:-0}" != "1" ]]; then
     if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends libegl1 libgl1 libgl1-mesa-dri libosmesa6 libusb-1.0-0 >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends libegl1 libgl1 libgl1-mesa-dri libosmesa6 libusb-1.0-0 \
+        chromium >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

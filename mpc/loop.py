@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..configs.schema import MPCConfig
-from ..robot.arm import Arm, ArmError
+from ..robot.arm import Arm, ArmError, EStopActive
 from ..robot.camera import Camera
 from .planner import PlanStep
 
@@ -62,6 +62,7 @@ class StepRecord:
     clipped: bool
     step_time_s: float  # plan + send + wait for the next frame
     judgement: Judgement | None  # after the action (simulation only)
+    next_frame: np.ndarray | None = None  # (H, W, 3) uint8 the frame after the action: what really happened
 
 
 @dataclass
@@ -73,7 +74,7 @@ class EpisodeLog:
     steps: list[StepRecord] = field(default_factory=list)
     final_frame: np.ndarray | None = None
     initial_judgement: Judgement | None = None
-    stopped_by: str = "running"  # max_steps | success | interrupted | error
+    stopped_by: str = "running"  # max_steps | success | interrupted | estop | error
 
     @property
     def final_judgement(self) -> Judgement | None:
@@ -204,6 +205,8 @@ def run_episode(
     before_plan: Callable[[], None] | None = None,
     judge: Callable[[], Judgement] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
+    on_plan: Callable[[int, PlanStep], None] | None = None,
+    hold: Callable[[], bool] | None = None,
 ) -> EpisodeLog:
     """Run one receding-horizon episode, appending to ``episode`` (also returned).
 
@@ -211,6 +214,9 @@ def run_episode(
     (e.g. the reset's sequence number); None takes the newest frame. ``before_plan`` runs before each
     planning call (simulation: hand the oracle the current simulator state). ``judge`` scores the state
     after each action (simulation). ``dry_run`` plans and logs but sends no motion to the arm.
+    ``on_plan(step, plan)`` sees each plan before its action is sent (live telemetry). ``hold`` is the
+    operator's pause: called before each action is sent, it blocks while the run is paused and returns
+    True when it did; the plan is then stale and the step is planned again from a fresh frame.
     """
     policy.reset()
     timeout = cfg.frame_timeout_s
@@ -223,9 +229,17 @@ def run_episode(
     try:
         for step in range(cfg.max_steps):
             t0 = time.perf_counter()
-            if before_plan is not None:
-                before_plan()
-            plan = policy.plan(np.stack(context))
+            while True:
+                if before_plan is not None:
+                    before_plan()
+                plan = policy.plan(np.stack(context))
+                if on_plan is not None:
+                    on_plan(step, plan)
+                if hold is None or not hold():
+                    break
+                frame = camera.read(timeout_s=timeout)  # the scene may have changed during the pause
+                context.append(frame.rgb)
+                t0 = time.perf_counter()
             sent = applied = None
             clipped = False
             if dry_run:
@@ -246,6 +260,7 @@ def run_episode(
                 clipped=clipped,
                 step_time_s=time.perf_counter() - t0,
                 judgement=judgement,
+                next_frame=next_frame.rgb,
             )
             episode.steps.append(record)
             log.info(
@@ -268,6 +283,9 @@ def run_episode(
     except KeyboardInterrupt:
         episode.stopped_by = "interrupted"
         _stop_arm(arm)
+        raise
+    except EStopActive:
+        episode.stopped_by = "estop"  # the controller already holds the arm
         raise
     except BaseException:
         episode.stopped_by = "error"

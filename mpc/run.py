@@ -6,14 +6,19 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
+from ..robot.arm import Arm
 from ..robot.client import ZmqArm
+from ..robot.dashboard.launch import add_dashboard_arguments, open_monitor
+from ..robot.telemetry import JpegImage, RunMonitor
 from ..robot.zmq_camera import ZmqCamera
-from .loop import EpisodeLog, run_episode
+from .loop import EpisodeLog, StepRecord, run_episode
+from .planner import PlanStep
 from .predictors import PREDICTOR_NAMES, load_predictor
 from .session import SimSession, load_goal_image, make_policy
 
@@ -25,6 +30,7 @@ EXAMPLES = """
   mpc-run --task push --sim --goal goal.png --dry-run   # plan and log, move nothing
   mpc-run --task push --goal goal.png --predictor model.pt   # a running arm-server (bridge.* ports)
   mpc-run --sim --set planner.samples=40 --set planner.horizon=6 --set mpc.max_steps=5
+  mpc-run --task push --sim --dashboard                 # watch it in a browser, with E-STOP
 
 goal images: 8-bit RGB (PNG, JPEG...). Grayscale, palette or RGBA images are refused (converting them
 would change the colours the pixel cost compares). An RGB image of another size is resized to
@@ -56,6 +62,7 @@ def _parser():
     parser.add_argument("--out", type=Path, help="log folder (default runs/mpc-run/<task>-seed<S>-<time>)")
     parser.add_argument("--max-steps", type=int, help="override mpc.max_steps")
     parser.add_argument("--no-resize", action="store_true", help="refuse a goal image of the wrong size")
+    add_dashboard_arguments(parser)
     return parser
 
 
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     episode = EpisodeLog(goal_image=goal) if goal is not None else None
+    monitor = None
     with ExitStack() as stack:
         predictor = stack.enter_context(load_predictor(args.predictor, cfg))
         try:
@@ -91,24 +99,81 @@ def main(argv: list[str] | None = None) -> int:
                 bridge = cfg.bridge
             arm = stack.enter_context(ZmqArm(bridge))
             camera = stack.enter_context(ZmqCamera(bridge))
+            episode = episode or EpisodeLog(goal_image=None)  # with --sim the task fills in its goal
+            hooks: dict[str, Any] = {}
+            monitor = open_monitor(args, stack, "mpc-run", arm.endpoint)
+            if monitor is not None:
+                camera = monitor.watch(camera)
+                hooks = telemetry_hooks(monitor, arm, episode, cfg.mpc.max_steps)
             if args.sim:
                 session = SimSession(cfg, arm, camera)
                 stack.callback(session.close)
-                episode = episode or EpisodeLog(goal_image=None)  # the task fills in its goal
-                session.run(args.seed, predictor, goal_image=goal, dry_run=args.dry_run, episode=episode)
+                session.run(
+                    args.seed, predictor, goal_image=goal, dry_run=args.dry_run, episode=episode, **hooks
+                )
             else:
                 start = arm.read_state()
                 policy = make_policy(predictor, goal, cfg, args.seed, current_gripper=float(start.pose[-1]))
                 episode.meta.update(predictor=predictor.name, seed=args.seed, dry_run=args.dry_run)
                 episode.meta["arm_pose_start"] = [float(v) for v in start.pose]
                 episode.meta["config"] = cfg.model_dump(mode="json")
-                run_episode(arm, camera, policy, cfg.mpc, episode, dry_run=args.dry_run)
+                run_episode(arm, camera, policy, cfg.mpc, episode, dry_run=args.dry_run, **hooks)
             episode.meta["arm_pose_end"] = [float(v) for v in arm.read_state().pose]
         finally:
+            if monitor is not None and episode is not None:
+                monitor.status(stopped_by=episode.stopped_by)
             if episode is not None and episode.goal_image is not None:
                 _save(episode, out, cfg.mpc.save_gif, cfg.mpc.gif_frame_ms)
     _report(episode)
     return 0
+
+
+def telemetry_hooks(monitor: RunMonitor, arm: Arm, episode: EpisodeLog, max_steps: int) -> dict[str, Any]:
+    """run_episode hooks that publish plans and steps for the dashboard and let it pause the run."""
+    publisher = monitor.publisher
+
+    def on_plan(step: int, plan: PlanStep) -> None:
+        if step == 0:  # the goal is known from here on (a simulated task draws it at the reset)
+            goal = None if episode.goal_image is None else JpegImage(episode.goal_image)
+            meta = episode.meta
+            publisher.retain(
+                "episode",
+                replace=True,
+                goal=goal,
+                max_steps=max_steps,
+                **{k: meta.get(k) for k in ("task", "seed", "predictor", "dry_run")},
+            )
+        result = plan.result
+        publisher.publish(
+            "plan",
+            step=step,
+            cost=result.cost,
+            iteration_costs=result.iteration_costs,
+            iteration_mean_costs=result.iteration_mean_costs,
+            actions=result.actions,
+            action=plan.action,
+            plan_time_s=plan.plan_time_s,
+            predicted=[] if plan.predicted is None else [JpegImage(f) for f in plan.predicted],
+        )
+        monitor.status(phase="acting", step=step, plan_time_s=plan.plan_time_s)
+
+    def on_step(record: StepRecord) -> None:
+        after = record.next_frame is not None and publisher.step_image_allowed()
+        judgement = record.judgement
+        publisher.publish(
+            "step",
+            step=record.step,
+            sent=record.sent,
+            applied=record.applied,
+            clipped=record.clipped,
+            step_time_s=record.step_time_s,
+            distance_m=None if judgement is None else judgement.distance_m,
+            success=None if judgement is None else judgement.success,
+            after=JpegImage(record.next_frame) if after else None,
+        )
+        monitor.status(phase="planning", step=record.step + 1, step_time_s=record.step_time_s)
+
+    return {"on_plan": on_plan, "on_step": on_step, "hold": lambda: monitor.hold(on_pause=arm.stop)}
 
 
 def _save(episode: EpisodeLog, out: Path, gif: bool, frame_ms: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -117,9 +118,11 @@ class SimSession:
         dry_run: bool = False,
         on_step: Callable[[StepRecord], None] | None = None,
         episode: EpisodeLog | None = None,
+        **hooks: Any,
     ) -> EpisodeLog:
         """One episode for ``seed``: the task's goal image unless ``goal_image`` is given (then success
-        and distance still refer to the task's own goal). Fills and returns ``episode``."""
+        and distance still refer to the task's own goal). Fills and returns ``episode``. ``hooks``
+        (``on_plan``, ``hold``) go to :func:`~.loop.run_episode`."""
         drawn = self.task.sample(self.judge_sim, seed)
         state = self.arm.reset_episode({"state": drawn.initial_state})
         goal = drawn.goal_image if goal_image is None else goal_image
@@ -161,6 +164,7 @@ class SimSession:
             before_plan=before_plan,
             judge=judge,
             on_step=on_step,
+            **hooks,
         )
 
     def close(self) -> None:

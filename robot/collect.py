@@ -35,7 +35,10 @@ from ..configs.errors import UserError
 from . import episodes as ep_io
 from .arm import Arm, ArmError, ArmTimeout, EStopActive
 from .camera import Camera, CameraError, CameraTimeout
+from .cameras.factory import SPEC_HELP, camera_overrides
+from .dashboard.launch import add_dashboard_arguments, open_monitor
 from .exploration import ExplorationPolicy
+from .telemetry import RunMonitor
 from .types import ArmState, Frame
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,10 @@ class CameraFrozen(CameraError):
 
 class DiskFull(UserError):
     """Free disk space fell below collect.min_free_disk_mb."""
+
+
+class PausedMidEpisode(Exception):
+    """The operator paused during an episode: it is dropped (the scene may change meanwhile) and redone."""
 
 
 class SimProbe(Protocol):
@@ -127,6 +134,7 @@ class Collector:
         camera_name: str = "",
         progress: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        monitor: RunMonitor | None = None,
     ) -> None:
         if target_episodes is None and target_hours is None:
             raise UserError("give a target: --hours H (robot time) or --episodes N")
@@ -144,6 +152,7 @@ class Collector:
         self.camera_name = camera_name or ("sim-zmq" if sim else "camera")
         self.progress = progress
         self.sleep = sleep
+        self.monitor = monitor  # dashboard telemetry and pause; None: not watched
         self.faults: Counter = Counter()
         self._prepare_folder(resume)
 
@@ -278,7 +287,12 @@ class Collector:
     def _read_frame(self, after_seq: int | None) -> Frame:
         return self.camera.read(timeout_s=self.c.camera_timeout_s, after_command_seq=after_seq)
 
+    def _hold(self) -> bool:
+        """Wait while the operator has the run paused (the arm stopped); True when it did."""
+        return self.monitor is not None and self.monitor.hold(on_pause=self.arm.stop)
+
     def _record_episode(self, index: int) -> ep_io.Episode:
+        self._hold()  # before the reset: on a real arm it moves
         state = self._reset(index)
         rng = np.random.default_rng([self.c.seed, index])
         policy = ExplorationPolicy(self.c, self.cfg.safety, rng)
@@ -318,7 +332,11 @@ class Collector:
 
         observe(frame, state)
         identical = 0
-        for _ in range(self.c.episode_steps):
+        for step in range(self.c.episode_steps):
+            if self._hold():
+                raise PausedMidEpisode(f"episode {index} paused at step {step}")
+            if self.monitor is not None:
+                self.monitor.publisher.retain("collect", episode=index, episode_step=step)
             action = policy.act(state.pose, objects)
             applied = self.arm.send_action(action)
             previous, state = state, applied.state
@@ -340,6 +358,23 @@ class Collector:
             observe(frame, state)
         return recorder.to_episode()
 
+    def _report_progress(self, summary: CollectSummary) -> None:
+        if self.monitor is None:
+            return
+        total, unit = self._progress_total()
+        self.monitor.status(phase="collecting")
+        self.monitor.publisher.retain(
+            "collect",
+            value=self._progress_value(),
+            total=total,
+            unit=unit,
+            episodes_total=self.manifest.num_episodes,
+            episodes_this_run=summary.episodes_this_run,
+            frames_total=self.manifest.num_frames,
+            faults=dict(self.faults),
+            episode_steps=self.c.episode_steps,
+        )
+
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> CollectSummary:
@@ -357,6 +392,7 @@ class Collector:
         )
         camera_failures = 0
         last_size = 0
+        self._report_progress(summary)
         try:
             while not self._done():
                 self._check_disk(2 * last_size)
@@ -380,6 +416,9 @@ class Collector:
                     self._fault("arm_timeout", exc)
                     self._recover_arm()
                     continue
+                except PausedMidEpisode as exc:
+                    log.warning("%s: dropped, recording it again", exc)
+                    continue
                 finally:
                     if not self.sim:
                         self.wall_robot_s += time.monotonic() - t_episode
@@ -399,6 +438,7 @@ class Collector:
                     faults=sum(v for k, v in self.faults.items() if k != "camera_reconnect"),
                     refresh=False,
                 )
+                self._report_progress(summary)
         except (DiskFull, ArmError, CameraError) as exc:
             summary.completed = False
             summary.stopped_reason = str(exc)
@@ -442,6 +482,7 @@ EXAMPLES = """
   collect-finetune-data --sim --episodes 200 --out data/sim-small --episode-steps 15
   collect-finetune-data --sim --hours 4 --out data/sim-push --resume # continue after a crash or Ctrl-C
   collect-finetune-data --hours 2 --out data/real --config my_arm.yaml  # real arm: arm-server must be running
+  collect-finetune-data --sim --hours 1 --out data/sim-push --dashboard   # watch it, E-STOP in the browser
 """
 
 
@@ -461,6 +502,7 @@ class _BridgeProbe:
 @contextlib.contextmanager
 def _connect(cfg: Config, sim: bool) -> Iterator[tuple[Arm, Camera, SimProbe | None]]:
     """The bridge client and camera stream; with ``sim``, a sim arm-server started for this run."""
+    from .cameras import make_camera
     from .client import ZmqArm
     from .zmq_camera import ZmqCamera
 
@@ -471,7 +513,8 @@ def _connect(cfg: Config, sim: bool) -> Iterator[tuple[Arm, Camera, SimProbe | N
 
             bridge = stack.enter_context(launch_sim_server(cfg)).bridge
         arm = stack.enter_context(ZmqArm(bridge))
-        camera = stack.enter_context(ZmqCamera(bridge))
+        # A real robot's camera (camera section) comes out in the model's view, as planning sees it.
+        camera = stack.enter_context(ZmqCamera(bridge) if sim else make_camera(cfg, bridge))
         yield arm, camera, (_BridgeProbe(arm) if sim else None)
 
 
@@ -490,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sim", action="store_true", help="start a MuJoCo arm-server for this run and collect there"
     )
+    parser.add_argument("--camera", metavar="SPEC", help="real robot: " + SPEC_HELP)
     parser.add_argument("--out", default="episodes", help="episode folder")
     parser.add_argument("--episode-steps", type=int, help="actions per episode (collect.episode_steps)")
     parser.add_argument("--policy", choices=["random"], help="exploration policy (collect.policy)")
@@ -500,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (logs and the summary only)"
     )
+    add_dashboard_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     extra = []
@@ -509,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"collect.policy={args.policy}")
     if args.seed is not None:
         extra.append(f"collect.seed={args.seed}")
+    if args.camera is not None:
+        extra += camera_overrides(args.camera)
     cfg = config_from_args(args, extra)
     if args.episodes is not None and args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
@@ -525,7 +572,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{out} already holds {len(ep_io.episode_files(out))} episode(s); pass --resume to continue "
             "toward the target, or choose another --out"
         )
-    with _connect(cfg, args.sim) as (arm, camera, probe):
+    with _connect(cfg, args.sim) as (arm, camera, probe), contextlib.ExitStack() as stack:
+        monitor = open_monitor(args, stack, "collect-finetune-data", getattr(arm, "endpoint", None))
+        if monitor is not None:
+            camera = monitor.watch(camera)
         collector = Collector(
             cfg,
             arm,
@@ -538,8 +588,11 @@ def main(argv: list[str] | None = None) -> int:
             sim_probe=probe,
             robot_name="" if args.sim else str(getattr(arm, "server_info", {}).get("backend", "")),
             progress=not args.no_progress,
+            monitor=monitor,
         )
         summary = collector.run()
+        if monitor is not None:
+            monitor.status(stopped_by=summary.stopped_reason)
     print(summary.format())
     return 0 if summary.completed else 1
 

@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = asyncio.new_event_loop()
     task = loop.create_task(_serve(options, args.parent_pid))
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         loop.run_until_complete(task)
     except asyncio.CancelledError:

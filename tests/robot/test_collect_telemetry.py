@@ -4,6 +4,7 @@ episode and records it again (simulated arm server, real sockets)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -77,3 +78,14 @@ def test_collection_reports_progress_and_a_pause_redoes_the_episode(tmp_path, ca
     progress = [body for topic, body in seen if topic == "collect" and "episodes_total" in body]
     assert progress[-1]["episodes_total"] == 2 and progress[-1]["value"] == 2 and progress[-1]["unit"] == "ep"
     assert any(topic == "frame" for topic, _ in seen)
+
+
+def test_dashboard_flag_on_collect(tmp_path, capsys):
+    from maskvit_mpc.robot import collect
+
+    argv = ["--sim", "--episodes", "1", "--episode-steps", "3", "--no-progress", "--out", str(tmp_path / "d")]
+    assert collect.main([*argv, "--dashboard", "--dashboard-port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"operator dashboard: http://127\.0\.0\.1:\d+/  \(control token: \S+\)", out), out
+    assert "collection complete" in out
+    assert len(ep_io.episode_files(tmp_path / "d")) == 1

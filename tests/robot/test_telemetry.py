@@ -177,12 +177,13 @@ def test_a_stalled_subscriber_never_blocks_the_publisher():
     try:
         _wait_subscribed(publisher)
         big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # ~300 kB JPEGs
-        worst = 0.0
+        times = []
         for i in range(300):
             t0 = time.perf_counter()
             publisher.frame(Frame(big, time.time(), i))
-            worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.01, f"a publish call took {worst * 1000:.1f} ms"
+            times.append(time.perf_counter() - t0)
+        # Blocking would mean seconds (a full ZeroMQ queue); the sender thread's GIL share is all we pay.
+        assert np.median(times) < 0.001 and max(times) < 0.05, f"publish took up to {max(times) * 1e3:.1f} ms"
         assert publisher.flush(20.0)
         # Backpressure became drops (in the bounded queue or at the ZeroMQ high-water mark), not waiting.
         assert publisher.sent + publisher.dropped < 300

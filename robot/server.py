@@ -455,6 +455,7 @@ _EXAMPLES = """
   arm-server --backend sim --set safety.watchdog_timeout_s=1.0 --set sim.image_size=128
   arm-server --backend dry --port 0 --camera-port 0   # free ports, printed on the ready line
   arm-server --gen-keys ~/.maskvit/keys         # CurveZMQ key pairs for a networked arm
+  arm-server --backend dry --workspace-file workspace.yaml   # the box from calibrate-workspace
   arm-server --backend sim --host 0.0.0.0 --set bridge.curve_keys_dir=~/.maskvit/keys
 """
 
@@ -477,6 +478,11 @@ def _parser() -> Any:
     )
     parser.add_argument(
         "--gen-keys", metavar="DIR", help="create CurveZMQ server and client key pairs in DIR, then exit"
+    )
+    parser.add_argument(
+        "--workspace-file",
+        metavar="YAML",
+        help="enforce the workspace box of this calibrate-workspace file instead of safety.workspace",
     )
     parser.add_argument(
         "--parent-pid",
@@ -514,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.camera_port is not None:
         overrides.append(f"bridge.camera_port={args.camera_port}")
     cfg = config_from_args(args, overrides)
+    if args.workspace_file is not None:
+        from .calibration_files import load_workspace
+
+        workspace = load_workspace(args.workspace_file)
+        cfg.safety.workspace = workspace.workspace
+        log.info("workspace from %s (%s)", args.workspace_file, workspace.id)
     if cfg.bridge.curve_keys_dir is not None:
         from pathlib import Path
 

@@ -445,10 +445,12 @@ class Dashboard:
         log.warning("E-STOP pressed on the dashboard (%s)", request.remote)
         # The e-stop goes first and alone to the controller; the run's pause is a second, independent
         # line (a paused run waits instead of failing on the latched e-stop).
-        arm_task = asyncio.create_task(self.arm.estop())
-        pause = await self._control("pause")
-        status = await arm_task
+        pause_task = asyncio.create_task(self._control("pause"))
+        status = await self.arm.estop()
         self._set_arm(status)
+        # Answer as soon as the controller has; a silent run must not delay the page's confirmation.
+        done, _ = await asyncio.wait({pause_task}, timeout=0.2)
+        pause = pause_task.result() if done else {"ok": False, "error": "the run has not answered yet"}
         ok = bool(status.get("reachable")) and bool(status.get("estopped"))
         if not ok:
             log.error("E-STOP did not reach the arm controller: %s", status.get("error"))
@@ -470,6 +472,11 @@ class Dashboard:
     async def _api_resume(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
             return self._refused("resuming the run")
+        if self.arm_status.get("estopped"):
+            return web.json_response(
+                {"ok": False, "error": "the arm's e-stop is latched: reset it before resuming the run"},
+                status=409,
+            )
         result = await self._control("resume")
         return web.json_response(result, status=200 if result.get("ok") else 502)
 

@@ -161,6 +161,9 @@ def test_estop_pauses_the_run_and_only_the_token_resets_or_resumes():
                     assert status == 403 and "control token" in body["error"]
                     assert request(dashboard, "/api/resume", "POST", headers)[0] == 403
                 assert server.estopped and monitor.control.paused
+                status, body = request(dashboard, "/api/resume", "POST", {TOKEN_HEADER: TOKEN})
+                assert status == 409 and "reset it before resuming" in body["error"]  # not while latched
+                assert monitor.control.paused
 
                 status, body = request(dashboard, "/api/reset_estop", "POST", {TOKEN_HEADER: TOKEN})
                 assert status == 200 and body["ok"] and not body["arm"]["estopped"]

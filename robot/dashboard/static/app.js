@@ -15,6 +15,22 @@ const state = {
 const KEEP = 64;
 const ACTION_RANGE = [0.05, 0.05, 0.05, 0.3, 1.0];  // default step limits; only scales the plot
 
+function newRun(run) {
+  // Another run started publishing: nothing of the previous one may be mistaken for it.
+  state.run = run;
+  state.plans.clear();
+  state.afters.clear();
+  state.actions = [];
+  state.heldPlan = null;
+  state.lastStep = undefined;
+  state.episode = {}; state.collect = {};
+  $("collect").hidden = true;
+  $("predicted").replaceChildren(); $("predicted").dataset.step = "-1";
+  $("actual").replaceChildren();
+  $("costs").replaceChildren(); $("actions").replaceChildren();
+  $("goal").removeAttribute("src");
+}
+
 function trim(map) {
   while (map.size > KEEP) map.delete(map.keys().next().value);
 }
@@ -90,6 +106,7 @@ const handlers = {
     state.link = u;
     const el = $("link");
     if (u.silent_s === null || u.silent_s === undefined) { el.textContent = "no telemetry yet"; el.className = "pill warn"; }
+    else if (state.status.phase === "finished") { el.textContent = "run finished"; el.className = "pill"; }
     else if (u.silent_s > 3) { el.textContent = `run silent ${fmt(u.silent_s, 0)} s`; el.className = "pill bad"; }
     else { el.textContent = "live"; el.className = "pill ok"; }
     renderStatus();
@@ -274,6 +291,7 @@ function connect() {
   ws.onopen = () => { retryMs = 250; };
   ws.onmessage = (ev) => {
     const u = JSON.parse(ev.data);
+    if (u.run && u.run !== state.run) newRun(u.run);
     const handle = handlers[u.type];
     if (handle) handle(u);
   };

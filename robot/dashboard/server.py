@@ -524,11 +524,14 @@ def _parser() -> Any:
     )
     parser.add_argument(
         "--telemetry",
+        metavar="ENDPOINT",
         default=f"tcp://127.0.0.1:{DEFAULT_TELEMETRY_PORT}",
         help="the run's telemetry endpoint (mpc-run / collect-finetune-data --telemetry-port)",
     )
     parser.add_argument(
-        "--arm", help="arm server command endpoint for E-STOP (default: the one the run announces)"
+        "--arm",
+        metavar="ENDPOINT",
+        help="arm server command endpoint for E-STOP (default: the one the run announces)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve the page on")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port (0: a free port)")

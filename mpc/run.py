@@ -13,6 +13,7 @@ from PIL import Image
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
 from ..robot.arm import Arm
+from ..robot.cameras.factory import SPEC_HELP, camera_overrides, make_camera
 from ..robot.client import ZmqArm
 from ..robot.dashboard.launch import add_dashboard_arguments, open_monitor
 from ..robot.telemetry import JpegImage, RunMonitor
@@ -29,6 +30,7 @@ EXAMPLES = """
   mpc-run --task reach --sim --predictor copy-last --max-steps 5 --out runs/reach3
   mpc-run --task push --sim --goal goal.png --dry-run   # plan and log, move nothing
   mpc-run --task push --goal goal.png --predictor model.pt   # a running arm-server (bridge.* ports)
+  mpc-run --goal goal.png --predictor model.pt --camera realsense:123456789012   # a RealSense by serial
   mpc-run --sim --set planner.samples=40 --set planner.horizon=6 --set mpc.max_steps=5
   mpc-run --task push --sim --dashboard                 # watch it in a browser, with E-STOP
 
@@ -62,6 +64,7 @@ def _parser():
     parser.add_argument("--out", type=Path, help="log folder (default runs/mpc-run/<task>-seed<S>-<time>)")
     parser.add_argument("--max-steps", type=int, help="override mpc.max_steps")
     parser.add_argument("--no-resize", action="store_true", help="refuse a goal image of the wrong size")
+    parser.add_argument("--camera", metavar="SPEC", help="real robot: " + SPEC_HELP)
     add_dashboard_arguments(parser)
     return parser
 
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"task.name={args.task}")
     if args.max_steps is not None:
         extra.append(f"mpc.max_steps={args.max_steps}")
+    if args.camera:
+        if args.sim:
+            raise UserError("--camera is for a real robot; with --sim the simulator streams its own frames")
+        extra += camera_overrides(args.camera)
     cfg = config_from_args(args, extra)
     if args.predictor == "oracle" and not args.sim:
         raise UserError("the oracle predictor exists only in simulation: add --sim, or pick --predictor")
@@ -98,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 bridge = cfg.bridge
             arm = stack.enter_context(ZmqArm(bridge))
-            camera = stack.enter_context(ZmqCamera(bridge))
+            # the sim streams frames at the model's size; a real camera goes through the same
+            # preprocessing (crop, undistort, area resize) that collection recorded with
+            camera = stack.enter_context(ZmqCamera(bridge) if args.sim else make_camera(cfg, bridge))
             episode = episode or EpisodeLog(goal_image=None)  # with --sim the task fills in its goal
             hooks: dict[str, Any] = {}
             monitor = open_monitor(args, stack, "mpc-run", arm.endpoint)

@@ -207,3 +207,40 @@ def test_eval_random_writes_results(tmp_path, capsys):
     rows = out.read_text().strip().splitlines()
     assert rows[0].startswith("seed,success,final_distance_m")
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "summary"]
+
+
+def test_real_arm_path_reads_the_configured_camera_through_the_shared_preprocessing(tmp_path, capsys):
+    """Without --sim, mpc-run reads --camera (here a replay of image files larger than the model's view)
+    through the same preprocessing as collection, and drives a running arm server (the dry backend)."""
+    from maskvit_mpc.configs.schema import BridgeConfig, SafetyConfig
+    from maskvit_mpc.robot.backends import DryBackend
+    from maskvit_mpc.robot.server import ArmServer
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
+    goal = tmp_path / "goal.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(goal)
+    safety = SafetyConfig()
+    bridge = BridgeConfig(command_port=0, camera_port=0, request_timeout_s=2.0, retries=1)
+    backend = DryBackend(safety, image_size=16)
+    with ArmServer(backend, safety, bridge).running() as endpoints:
+        port = int(endpoints.command.rsplit(":", 1)[1])
+        out = tmp_path / "run"
+        rc = run.main(
+            ["--goal", str(goal), "--predictor", "copy-last", "--camera", f"replay:{images}", "--max-steps", "2"]
+            + ["--out", str(out), "--set", f"bridge.command_port={port}", "--set", "data.image_size=32"]
+            + ["--set", "camera.replay_loop=true", *TINY]
+        )
+        assert rc == 0, capsys.readouterr().err
+    data = np.load(out / "episode.npz")
+    assert data["frames"].shape[1:] == (32, 32, 3)  # 64x48 images cropped and resized to the view
+    assert data["applied_actions"].shape == (2, 5)
+    assert backend.steps == 2  # both planned actions reached the controller
+
+
+def test_camera_flag_is_refused_with_sim(capsys):
+    assert run.main(["--sim", "--camera", "realsense"]) == 2
+    assert "--camera is for a real robot" in capsys.readouterr().err

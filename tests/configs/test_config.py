@@ -96,3 +96,11 @@ def test_cli_parser_and_clean_error_exit(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: invalid configuration") and "sim.image_size" in err
     assert "Traceback" not in err
+
+
+def test_maskvit_presets_are_consistent_with_their_clips():
+    """train-maskvit refuses a clip length other than context + future frames: every preset agrees."""
+    for name in ("default", "maskvit_cpu", "maskvit_robonet", "maskvit_bair"):
+        cfg = load_config(name)
+        assert cfg.data.clip_length == cfg.maskvit.context_frames + cfg.maskvit.future_frames, name
+    assert load_config("maskvit_bair").maskvit.d_model == load_config("maskvit_robonet").maskvit.d_model  # base

@@ -58,6 +58,7 @@ EXAMPLES = """
   train-maskvit --data runs/sim_push --tokenizer runs/tokenizer/step_0006000.pt --out runs/maskvit
   train-maskvit --data runs/sim_push --tokenizer runs/tok/step_0006000.pt --out runs/mv --resume --steps 40000
   train-maskvit --data runs/sim_push --tokenizer tok.pt --out runs/mv_w4 --set maskvit.token_weighting=changed
+  train-maskvit --config maskvit_cpu --data runs/sim_push --tokenizer tok.pt --out runs/mv2 --token-cache runs/codes.pt
   torchrun --nproc_per_node 4 -m maskvit_mpc.models.train_maskvit --data runs/sim_push --tokenizer tok.pt --out runs/mv
 """
 
@@ -76,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints and metrics.csv")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--steps", type=int, help="total optimizer steps (maskvit.steps)")
+    p.add_argument(
+        "--token-cache",
+        type=Path,
+        metavar="FILE",
+        help="where the episodes' codes are cached (default OUT/token_cache.pt); runs over the same "
+        "tokenizer can share one file: it is keyed by the tokenizer's hash",
+    )
     return p
 
 
@@ -107,16 +115,20 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
-def train(cfg: Config, data: list[str], out: Path, resume: bool = False) -> dict[str, float]:
+def train(
+    cfg: Config, data: list[str], out: Path, resume: bool = False, token_cache: Path | None = None
+) -> dict[str, float]:
     """Run the training; returns the last logged metrics (averaged over ranks)."""
     ctx = setup_distributed(cfg.maskvit.device)
     try:
-        return _train(cfg, data, out, resume, ctx)
+        return _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt")
     finally:
         ctx.close()
 
 
-def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistContext) -> dict[str, float]:
+def _train(
+    cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistContext, cache_path: Path
+) -> dict[str, float]:
     mcfg = cfg.maskvit
     clip_length = mcfg.context_frames + mcfg.future_frames
     if cfg.data.clip_length != clip_length:
@@ -146,7 +158,6 @@ def _train(cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistConte
     clips = make_datasets(cfg.data, data, num_samples=None, seed=mcfg.seed)
     # every frame is encoded once (rank 0 writes the cache, the others read it)
     episodes = [e for part in (*clips.train.datasets, *clips.val.datasets) for e in part.episodes]
-    cache_path = out / "token_cache.pt"
     tokenizer_id = file_digest(tok_path)
     if ctx.is_main:
         TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes)
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokenizer is not None:
         extra.append(f"maskvit.tokenizer_checkpoint={args.tokenizer}")
     cfg = config_from_args(args, extra)
-    train(cfg, list(args.data), Path(args.out), resume=args.resume)
+    train(cfg, list(args.data), Path(args.out), resume=args.resume, token_cache=args.token_cache)
     return 0
 
 

@@ -102,3 +102,15 @@ def test_mismatched_clip_length_and_missing_tokenizer_are_user_errors(
     assert "clip_length" in capsys.readouterr().err
     assert train_maskvit.main(_argv(episodes, tmp_path / "none.pt", tmp_path / "b")) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_runs_share_a_token_cache_file(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    episodes, tok = setup
+    shared = tmp_path / "codes.pt"
+    argv = _argv(episodes, tok, tmp_path / "a", "--steps", "2", "--token-cache", str(shared))
+    assert train_maskvit.main(argv + ["--set", "maskvit.val_decode_clips=0"]) == 0
+    assert shared.is_file() and not (tmp_path / "a" / "token_cache.pt").exists()
+    before = shared.stat().st_mtime_ns
+    argv = _argv(episodes, tok, tmp_path / "b", "--steps", "2", "--token-cache", str(shared))
+    assert train_maskvit.main(argv + ["--set", "maskvit.val_decode_clips=0"]) == 0
+    assert shared.stat().st_mtime_ns == before  # the second run encoded nothing

@@ -141,6 +141,12 @@ class PlannerConfig(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1)  # new mean = m * old + (1 - m) * elite mean
     mppi_temperature: float = Field(0.1, gt=0)  # MPPI weight exp(-dcost / (T * sample cost std)); 0.3 drifted
     seed: int | None = None  # None: derived from the episode seed, so runs are reproducible
+    # A learned predictor (--predictor PATH, an export-predictor file). Sequences per forward pass: a
+    # batch's activations and logits grow with it (d_model 256, 12 frames of 8x8: ~10 MB a sequence).
+    predictor_batch: int = Field(64, ge=1, le=100_000)
+    predictor_decode_steps: int | None = Field(None, ge=1, le=64)  # decoding steps; None: the export's
+    predictor_temperature: float | None = Field(None, ge=0)  # 0: argmax; None: the export's
+    predictor_precision: Literal["export", "fp32", "bf16"] = "export"  # bf16: autocast; export: its setting
 
     @model_validator(mode="after")
     def _five_stds(self) -> PlannerConfig:

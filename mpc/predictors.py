@@ -10,12 +10,14 @@ Every implementation is batched and shares one contract:
 ``frame_indices`` lets a cost ask for only the frames it scores; predictors that cannot skip frames
 simply select them from their full output.
 
-:func:`load_predictor` resolves a command-line name (``oracle``, ``copy-last`` or a file path).
+:func:`load_predictor` resolves a command-line name (``oracle``, ``copy-last``) or the path of a file
+written by ``export-predictor`` (:class:`TorchScriptPredictor`).
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,8 @@ import numpy as np
 from ..configs.errors import UserError
 from ..configs.schema import Config
 from ..robot.types import ACTION_DIM
+
+log = logging.getLogger(__name__)
 
 
 class PredictorError(UserError):
@@ -107,45 +111,176 @@ PREDICTOR_NAMES = ("oracle", "copy-last")
 
 
 def load_predictor(spec: str, config: Config) -> Predictor:
-    """Resolve ``--predictor``: ``oracle`` (simulation only), ``copy-last``, or a TorchScript file path."""
+    """Resolve ``--predictor``: ``oracle`` (simulation only), ``copy-last``, or an export-predictor file."""
     if spec == "copy-last":
         return CopyLastPredictor()
     if spec == "oracle":
         from .oracle import OraclePredictor  # imports MuJoCo: only when asked for
 
         return OraclePredictor(config.sim, config.safety, workers=config.mpc.oracle_workers)
-    return _load_learned(Path(spec))
+    return _load_learned(Path(spec), config)
 
 
-def _load_learned(path: Path) -> Predictor:
+def _load_learned(path: Path, config: Config) -> Predictor:
     names = ", ".join(PREDICTOR_NAMES)
     if not path.exists():
         raise PredictorError(
             f"predictor {str(path)!r} is neither a built-in predictor ({names}) nor an existing file; "
-            "give one of those names or the path of an exported MaskViT TorchScript file"
+            "give one of those names or the path of a file written by export-predictor"
         )
     if not path.is_file():
-        raise PredictorError(f"predictor path {str(path)!r} is a directory; give the exported .pt file")
+        raise PredictorError(f"predictor path {str(path)!r} is a directory; give the exported predictor file")
     if not zipfile.is_zipfile(path):  # TorchScript files are zip archives: refuse others without torch
         raise PredictorError(
             f"cannot load predictor {str(path)!r}: it is not a TorchScript file (not a zip archive); export "
-            f"it with the MaskViT export step, or use one of: {names}"
+            f"one with export-predictor, or use one of: {names}"
         )
-    import warnings
+    return TorchScriptPredictor(path, config)
 
-    import torch  # only learned predictors need torch
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the exported format is TorchScript
-            torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises several unrelated types for unreadable archives
-        raise PredictorError(
-            f"cannot load predictor {str(path)!r} as a TorchScript module ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); export it with the MaskViT "
-            "export step, or use one of: " + names
-        ) from None
-    raise PredictorError(
-        f"{str(path)!r} is a TorchScript module, but learned predictors are not wired into the planner "
-        f"in this version; use one of: {names}"
-    )
+class TorchScriptPredictor(Predictor):
+    """MaskViT exported by ``export-predictor``, behind the planner's interface.
+
+    The model sees a clip of ``C`` context frames and ``F`` future frames (its training length) with the
+    ``C - 1 + F`` actions between them: action t leads from frame t to frame t+1. The planner's horizon
+    actions follow the last context frame; the actions between the context frames are not part of the
+    predictor interface, so they are "hold": no motion, the gripper at its first planned command (exact
+    while the context repeats the first frame, as it does at the start of an episode). A horizon shorter
+    than ``F`` is padded with the same hold after its last action, and only the asked-for frames are
+    decoded to pixels.
+
+    Per planning step the context frames are tokenized once: all the samples of a CEM iteration share
+    one context (the planner broadcasts it), and the tokens are kept while the context stays the same,
+    so later iterations and the best plan's rollout reuse them. Samples go through the network in
+    batches of at most ``planner.predictor_batch``; ``planner.predictor_decode_steps``,
+    ``predictor_temperature`` and ``predictor_precision`` override the export's decoding settings.
+    """
+
+    def __init__(self, path: Path, config: Config) -> None:
+        import torch  # only learned predictors need torch
+
+        from ..models.export import ExportError, load_exported_predictor
+
+        try:
+            loaded = load_exported_predictor(path)
+            loaded.metadata.check(
+                image_size=config.sim.image_size,
+                action_dim=ACTION_DIM,
+                context_frames=config.mpc.context_frames,
+                horizon=config.planner.horizon,
+                where=f"predictor {str(path)!r}",
+            )
+        except ExportError as exc:
+            raise PredictorError(str(exc)) from None
+        self._torch = torch
+        self.module = loaded.module
+        self.metadata = loaded.metadata
+        self.path = path
+        self.name = f"maskvit:{path.name}"
+        planner = config.planner
+        self.batch_size = planner.predictor_batch
+        self.decode_steps = planner.predictor_decode_steps
+        self.temperature = planner.predictor_temperature
+        self.bf16 = {"export": None, "fp32": False, "bf16": True}[planner.predictor_precision]
+        self.generator = torch.Generator().manual_seed(planner.seed if planner.seed is not None else 0)
+        self.context_encodings = 0  # tokenizer encoder runs (once per planning step)
+        self.forward_passes = 0  # MaskViT forward passes, over all batches and calls
+        self._context: tuple[np.ndarray, object] | None = None  # (frames, their tokens)
+        self._warn_on_wider_bounds(config)
+
+    def _warn_on_wider_bounds(self, config: Config) -> None:
+        trained = self.metadata.action_bounds
+        if trained is None:
+            return
+        from .optimizers import ActionBounds
+
+        bounds = ActionBounds.from_safety(config.safety)
+        if np.any(bounds.low < np.asarray(trained[0]) - 1e-9) or np.any(
+            bounds.high > np.asarray(trained[1]) + 1e-9
+        ):
+            log.warning(
+                "the planner's action bounds %s..%s exceed those the predictor was exported with %s..%s: "
+                "it will be asked about larger steps than it may have seen",
+                bounds.low.tolist(),
+                bounds.high.tolist(),
+                trained[0],
+                trained[1],
+            )
+
+    def _context_tokens(self, context_frames: np.ndarray):  # -> torch.Tensor (1 | B, C, h, w)
+        torch = self._torch
+        shared = (
+            len(context_frames) == 1
+            or context_frames.strides[0] == 0
+            or bool((context_frames == context_frames[:1]).all())
+        )
+        if shared:
+            one = context_frames[0]
+            if self._context is not None and np.array_equal(self._context[0], one):
+                return self._context[1]
+            tokens = self.module.encode_context(torch.from_numpy(np.ascontiguousarray(one)))[None]
+            self.context_encodings += 1
+            self._context = (one.copy(), tokens)
+            return tokens
+        parts = []
+        for start in range(0, len(context_frames), self.batch_size):
+            chunk = np.ascontiguousarray(context_frames[start : start + self.batch_size])
+            parts.append(self.module.encode_context(torch.from_numpy(chunk)))
+            self.context_encodings += 1
+        return torch.cat(parts)
+
+    def _clip_actions(self, actions: np.ndarray) -> np.ndarray:
+        """(B, horizon, 5) -> (B, C - 1 + F, 5): hold before the horizon and after it."""
+        B, horizon, _ = actions.shape
+        C, F = self.metadata.context_frames, self.metadata.future_frames
+        clip = np.zeros((B, C - 1 + F, ACTION_DIM), np.float32)
+        clip[:, C - 1 : C - 1 + horizon] = actions
+        clip[:, : C - 1, -1] = actions[:, :1, -1]  # gripper held at its first planned command
+        clip[:, C - 1 + horizon :, -1] = actions[:, -1:, -1]
+        return clip
+
+    def predict(
+        self,
+        context_frames: np.ndarray,
+        actions: np.ndarray,
+        frame_indices: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        context_frames, actions, indices = check_predict_inputs(context_frames, actions, frame_indices)
+        meta = self.metadata
+        B, Tc, height, width, _ = context_frames.shape
+        if (height, width) != (meta.image_size, meta.image_size):
+            raise PredictorError(
+                f"context frames are {width}x{height} but the predictor takes {meta.image_size}x"
+                f"{meta.image_size}: set sim.image_size / camera.view.image_size to {meta.image_size}"
+            )
+        if Tc < meta.context_frames:
+            raise PredictorError(
+                f"the predictor conditions on {meta.context_frames} context frames, got {Tc}: "
+                f"set mpc.context_frames={meta.context_frames}"
+            )
+        if actions.shape[1] > meta.future_frames:
+            raise PredictorError(
+                f"the predictor predicts at most {meta.future_frames} frames, asked for {actions.shape[1]}: "
+                f"set planner.horizon to {meta.future_frames} or less"
+            )
+        torch = self._torch
+        out = np.empty((B, len(indices), meta.image_size, meta.image_size, 3), np.uint8)
+        with torch.inference_mode():
+            context = self._context_tokens(context_frames[:, Tc - meta.context_frames :])
+            clip_actions = torch.from_numpy(self._clip_actions(actions))
+            for start in range(0, B, self.batch_size):
+                stop = min(B, start + self.batch_size)
+                tokens = self.module.predict_tokens(
+                    context if len(context) == 1 else context[start:stop],
+                    clip_actions[start:stop],
+                    self.decode_steps,
+                    self.temperature,
+                    self.generator,
+                    self.bf16,
+                )
+                self.forward_passes += int(self.module.forward_passes)
+                out[start:stop] = self.module.decode_frames(tokens[:, indices]).numpy()
+        return out
+
+    def close(self) -> None:
+        self._context = None

@@ -52,7 +52,7 @@ def test_predictor_registry(tmp_path):
     with warnings.catch_warnings():  # torch deprecates TorchScript; the exported format still is one
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(torch.nn.Identity()).save(str(scripted))
-    with pytest.raises(PredictorError, match="not wired into the planner"):
+    with pytest.raises(PredictorError, match="without maskvit_mpc.json: not a TorchScript predictor"):
         load_predictor(str(scripted), cfg)
     with pytest.raises(PredictorError, match="directory"):
         load_predictor(str(tmp_path), cfg)

@@ -275,8 +275,9 @@ class DataConfig(_Strict):
 class TokenizerConfig(_Strict):
     """The per-frame VQ-GAN: architecture, quantizer, losses and its training run.
 
-    Defaults are the CPU preset for 64x64 simulated frames (configs/tokenizer_cpu.yaml spells them
-    out); configs/tokenizer_paper.yaml is the paper-scale GPU preset.
+    Defaults suit 64x64 simulated frames on a CPU; configs/tokenizer_cpu.yaml (8x8 tokens, for planning)
+    and configs/tokenizer_cpu16.yaml (16x16 tokens, for reconstruction quality) are the measured CPU
+    presets, configs/tokenizer_paper.yaml the paper-scale GPU preset.
     """
 
     # architecture

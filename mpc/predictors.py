@@ -30,6 +30,8 @@ from ..robot.types import ACTION_DIM
 
 log = logging.getLogger(__name__)
 
+_MAX_CACHED_ROLLOUTS = 4096  # rollouts kept per context: 16 MB at 8 frames of 8x8 tokens
+
 
 class PredictorError(UserError):
     """A predictor that cannot be built or loaded, or inputs it cannot use."""
@@ -151,8 +153,9 @@ class TorchScriptPredictor(Predictor):
 
     Per planning step the context frames are tokenized once: all the samples of a CEM iteration share
     one context (the planner broadcasts it), and the tokens are kept while the context stays the same,
-    so later iterations and the best plan's rollout reuse them. Samples go through the network in
-    batches of at most ``planner.predictor_batch``; ``planner.predictor_decode_steps``,
+    so later iterations and the best plan's rollout reuse them; a sequence already scored from the
+    same context (the best plan, predicted again for display) is not decoded again. Samples go through
+    the network in batches of at most ``planner.predictor_batch``; ``planner.predictor_decode_steps``,
     ``predictor_temperature`` and ``predictor_precision`` override the export's decoding settings.
     """
 
@@ -186,6 +189,7 @@ class TorchScriptPredictor(Predictor):
         self.context_encodings = 0  # tokenizer encoder runs (once per planning step)
         self.forward_passes = 0  # MaskViT forward passes, over all batches and calls
         self._context: tuple[np.ndarray, object] | None = None  # (frames, their tokens)
+        self._rollouts: dict[bytes, object] = {}  # action sequence -> its decoded tokens, this context
         self._warn_on_wider_bounds(config)
 
     def _warn_on_wider_bounds(self, config: Config) -> None:
@@ -207,7 +211,7 @@ class TorchScriptPredictor(Predictor):
                 trained[1],
             )
 
-    def _context_tokens(self, context_frames: np.ndarray):  # -> torch.Tensor (1 | B, C, h, w)
+    def _context_tokens(self, context_frames: np.ndarray):  # -> (torch.Tensor (1 | B, C, h, w), shared)
         torch = self._torch
         shared = (
             len(context_frames) == 1
@@ -217,17 +221,18 @@ class TorchScriptPredictor(Predictor):
         if shared:
             one = context_frames[0]
             if self._context is not None and np.array_equal(self._context[0], one):
-                return self._context[1]
-            tokens = self.module.encode_context(torch.from_numpy(np.ascontiguousarray(one)))[None]
+                return self._context[1], True
+            tokens = self.module.encode_context(torch.from_numpy(np.array(one)))[None]  # a writable copy
             self.context_encodings += 1
             self._context = (one.copy(), tokens)
-            return tokens
+            self._rollouts.clear()  # rollouts from another context
+            return tokens, True
         parts = []
         for start in range(0, len(context_frames), self.batch_size):
-            chunk = np.ascontiguousarray(context_frames[start : start + self.batch_size])
+            chunk = np.array(context_frames[start : start + self.batch_size])  # writable, contiguous
             parts.append(self.module.encode_context(torch.from_numpy(chunk)))
             self.context_encodings += 1
-        return torch.cat(parts)
+        return torch.cat(parts), False
 
     def _clip_actions(self, actions: np.ndarray) -> np.ndarray:
         """(B, horizon, 5) -> (B, C - 1 + F, 5): hold before the horizon and after it."""
@@ -238,6 +243,25 @@ class TorchScriptPredictor(Predictor):
         clip[:, : C - 1, -1] = actions[:, :1, -1]  # gripper held at its first planned command
         clip[:, C - 1 + horizon :, -1] = actions[:, -1:, -1]
         return clip
+
+    def _predict_tokens(self, context, actions: np.ndarray):  # -> torch.Tensor (B, F, h, w)
+        torch = self._torch
+        clip_actions = torch.from_numpy(self._clip_actions(actions))
+        parts = []
+        for start in range(0, len(actions), self.batch_size):
+            stop = min(len(actions), start + self.batch_size)
+            parts.append(
+                self.module.predict_tokens(
+                    context if len(context) == 1 else context[start:stop],
+                    clip_actions[start:stop],
+                    self.decode_steps,
+                    self.temperature,
+                    self.generator,
+                    self.bf16,
+                )
+            )
+            self.forward_passes += int(self.module.forward_passes)
+        return torch.cat(parts)
 
     def predict(
         self,
@@ -264,23 +288,34 @@ class TorchScriptPredictor(Predictor):
                 f"set planner.horizon to {meta.future_frames} or less"
             )
         torch = self._torch
-        out = np.empty((B, len(indices), meta.image_size, meta.image_size, 3), np.uint8)
         with torch.inference_mode():
-            context = self._context_tokens(context_frames[:, Tc - meta.context_frames :])
-            clip_actions = torch.from_numpy(self._clip_actions(actions))
-            for start in range(0, B, self.batch_size):
-                stop = min(B, start + self.batch_size)
-                tokens = self.module.predict_tokens(
-                    context if len(context) == 1 else context[start:stop],
-                    clip_actions[start:stop],
-                    self.decode_steps,
-                    self.temperature,
-                    self.generator,
-                    self.bf16,
-                )
-                self.forward_passes += int(self.module.forward_passes)
-                out[start:stop] = self.module.decode_frames(tokens[:, indices]).numpy()
-        return out
+            context, shared = self._context_tokens(context_frames[:, Tc - meta.context_frames :])
+            if not shared:
+                tokens = self._predict_tokens(context, actions)
+            else:
+                # A sequence already scored from this context (the best plan, whose rollout the planner
+                # shows) is not decoded again: its rollout is the one its cost came from.
+                keys = [row.tobytes() for row in actions]
+                new: dict[bytes, int] = {}  # first sample of each sequence not scored yet
+                for i, key in enumerate(keys):
+                    if key not in self._rollouts:
+                        new.setdefault(key, i)
+                found = {}
+                if new:
+                    found = dict(
+                        zip(new, self._predict_tokens(context, actions[list(new.values())]), strict=True)
+                    )
+                tokens = torch.stack([self._rollouts[k] if k in self._rollouts else found[k] for k in keys])
+                for key, rollout in found.items():
+                    if len(self._rollouts) >= _MAX_CACHED_ROLLOUTS:
+                        break
+                    self._rollouts[key] = rollout
+            frames = [
+                self.module.decode_frames(tokens[start : start + self.batch_size, indices]).numpy()
+                for start in range(0, B, self.batch_size)
+            ]
+        return np.concatenate(frames)
 
     def close(self) -> None:
         self._context = None
+        self._rollouts.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,9 @@ def test_load_predictor_gives_the_exported_model_behind_the_interface(predictor_
     assert isinstance(predictor, TorchScriptPredictor) and predictor.name == "maskvit:predictor.ts"
     context, actions = _context(), _actions(5)
     batch_context = np.broadcast_to(context[None], (5, *context.shape))
-    frames = predictor.predict(batch_context, actions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's warning about read-only (broadcast) numpy arrays
+        frames = predictor.predict(batch_context, actions)
     assert frames.shape == (5, FUTURE, IMAGE_SIZE, IMAGE_SIZE, 3) and frames.dtype == np.uint8
     np.testing.assert_array_equal(frames, _expected(predictor_file, context, actions))
     last = predictor.predict(batch_context, actions, frame_indices=[FUTURE - 1])
@@ -95,6 +98,21 @@ def test_batches_are_chunked_and_the_context_is_encoded_once(predictor_file: Pat
     np.testing.assert_array_equal(both[1], _expected(predictor_file, _context(5), actions[1:2])[0])
 
 
+def test_sequences_already_scored_from_the_same_context_are_not_decoded_again(predictor_file: Path) -> None:
+    predictor = load_predictor(str(predictor_file), _config())
+    context = _context()
+    batch = np.broadcast_to(context[None], (4, *context.shape))
+    actions = _actions(4)
+    actions[3] = actions[1]  # the same sequence twice in one batch is decoded once
+    first = predictor.predict(batch, actions, frame_indices=[2])
+    np.testing.assert_array_equal(first[3], first[1])
+    assert predictor.forward_passes == 3
+    best = predictor.predict(batch[:1], actions[2:3])  # all frames of one scored sequence
+    assert predictor.forward_passes == 3
+    np.testing.assert_array_equal(best[0, 2], first[2, 0])
+    np.testing.assert_array_equal(best, _expected(predictor_file, context, actions[2:3]))
+
+
 def test_planning_step_encodes_the_context_once_and_returns_a_plan(predictor_file: Path) -> None:
     cfg = _config("planner.predictor_batch=4")
     predictor = load_predictor(str(predictor_file), cfg)
@@ -105,8 +123,9 @@ def test_planning_step_encodes_the_context_once_and_returns_a_plan(predictor_fil
     )
     step = policy.plan(_context())
     assert predictor.context_encodings == 1  # two CEM iterations and the best plan's rollout share it
-    # per CEM iteration: 10 samples + the mean in batches of 4 = 3 batches; the best plan: 1; 3 steps each
-    assert predictor.forward_passes == (2 * 3 + 1) * 3
+    # per CEM iteration: 10 samples + the mean in batches of 4 = 3 batches of 3 decoding steps; the best
+    # plan was scored in one of them, so its rollout is not decoded again
+    assert predictor.forward_passes == 2 * 3 * 3
     assert step.predicted.shape == (FUTURE, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert step.result.actions.shape == (FUTURE, 5)
     assert np.all(step.result.actions >= bounds.low - 1e-9) and np.all(
@@ -126,16 +145,15 @@ def test_planner_settings_override_the_exported_decoding(predictor_file: Path) -
     context, actions = _context(), _actions(4)
     predictor.predict(np.broadcast_to(context[None], (4, *context.shape)), actions)
     assert predictor.forward_passes == 1
-    sampled = load_predictor(
-        str(predictor_file), _config("planner.predictor_temperature=3.0", "planner.seed=4")
-    )
+    sampling = _config("planner.predictor_temperature=3.0", "planner.seed=4")
+    sampled = load_predictor(str(predictor_file), sampling)
     batch = np.broadcast_to(context[None], (4, *context.shape))
     first = sampled.predict(batch, actions)
-    again = load_predictor(
-        str(predictor_file), _config("planner.predictor_temperature=3.0", "planner.seed=4")
-    )
+    again = load_predictor(str(predictor_file), sampling)
     np.testing.assert_array_equal(again.predict(batch, actions), first)  # seeded from planner.seed
-    assert not np.array_equal(sampled.predict(batch, actions), first)  # the generator moves on
+    np.testing.assert_array_equal(sampled.predict(batch, actions), first)  # the rollouts already scored
+    sampled.predict(batch[:1, ::-1], actions[:1])  # another context: a new planning step
+    assert not np.array_equal(sampled.predict(batch, actions), first)  # sampled anew, the generator moved on
 
 
 @pytest.mark.parametrize(

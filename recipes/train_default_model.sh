@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Reproduce the default MaskViT predictor for the simulated push task, end to end, on a CPU:
+#   1. collect push episodes in simulation          (collect-finetune-data --sim)
+#   2. train the per-frame tokenizer                  (train-tokenizer --config tokenizer_cpu)
+#   3. train MaskViT over its codes                   (train-maskvit --config maskvit_cpu)
+#   4. export one TorchScript predictor               (export-predictor)
+#   5. measure it in closed-loop planning             (mpc-eval)
+# Every stage resumes where it stopped: run the script again after a crash, a reboot or Ctrl-C.
+# Data, checkpoints and logs go under WORK (data/ is git-ignored); the result is WORK/predictor.ts.
+#
+#   recipes/train_default_model.sh                        # defaults below
+#   WORK=/data/mv HOURS=8 TOK_STEPS=20000 MV_STEPS=8000 recipes/train_default_model.sh
+#   GPU users: the same, with more steps; the commands pick CUDA when it is there.
+set -euo pipefail
+
+WORK=${WORK:-data/default-model}          # everything this recipe writes
+HOURS=${HOURS:-4}                         # simulated robot-hours of exploration (2400 episodes)
+TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 frames)
+MV_STEPS=${MV_STEPS:-4000}                # MaskViT optimizer steps (batch 32 clips)
+EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
+BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}
+
+mkdir -p "$WORK"
+resume_flag() { if compgen -G "$1/step_*.pt" > /dev/null; then echo --resume; fi; }
+latest() { ls "$1"/step_*.pt | sort | tail -n 1; }
+
+echo "== 1/5 collect $HOURS simulated hours of push exploration"
+collect_resume=""
+if [ -f "$WORK/episodes/manifest.json" ]; then collect_resume=--resume; fi
+"$BIN/collect-finetune-data" --sim --hours "$HOURS" --out "$WORK/episodes" $collect_resume --no-progress
+
+echo "== 2/5 tokenizer ($TOK_STEPS steps)"
+"$BIN/train-tokenizer" --config tokenizer_cpu --data "$WORK/episodes" --out "$WORK/tokenizer" \
+    --steps "$TOK_STEPS" $(resume_flag "$WORK/tokenizer")
+TOKENIZER=$(latest "$WORK/tokenizer")
+"$BIN/eval-tokenizer" --checkpoint "$TOKENIZER" --data "$WORK/episodes" --split val --max-frames 2000
+
+echo "== 3/5 MaskViT ($MV_STEPS steps) over $TOKENIZER"
+"$BIN/train-maskvit" --config maskvit_cpu --data "$WORK/episodes" --tokenizer "$TOKENIZER" \
+    --out "$WORK/maskvit" --steps "$MV_STEPS" $(resume_flag "$WORK/maskvit")
+MASKVIT=$(latest "$WORK/maskvit")
+
+echo "== 4/5 export"
+"$BIN/export-predictor" --tokenizer "$TOKENIZER" --maskvit "$MASKVIT" --out "$WORK/predictor.ts"
+
+echo "== 5/5 closed-loop evaluation ($EPISODES push episodes)"
+"$BIN/mpc-eval" --task push --episodes "$EPISODES" --seed 0 --predictor "$WORK/predictor.ts" \
+    --out "$WORK/eval.json"
+echo "done: $WORK/predictor.ts"

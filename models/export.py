@@ -26,7 +26,8 @@ against their digest and refuses files that are not such a predictor, naming wha
 ``--format export`` additionally writes a ``torch.export`` program (``.pt2``) of the whole prediction
 with the decoding settings fixed at export time: the decoding loop is unrolled (its early exit is a
 no-op here, every step reveals at least one token), so the program has no call-time overrides and
-samples from torch's global generator. The planner loads the TorchScript file.
+samples from torch's global generator; confidence noise does not trace for a variable number of
+samples, so such an export needs ``confidence_noise`` 0. The planner loads the TorchScript file.
 """
 
 from __future__ import annotations
@@ -571,7 +572,12 @@ def export_predictor(
         tmp.replace(out)
         written.append(out)
     if fmt in ("export", "both"):
-        written.append(export_program(module, out if fmt == "export" else out.with_suffix(".pt2")))
+        try:
+            written.append(export_program(module, out if fmt == "export" else out.with_suffix(".pt2")))
+        except ExportError as exc:
+            if not written:
+                raise
+            raise ExportError(f"{exc} (the TorchScript predictor {out} was written)") from None
     return written
 
 
@@ -612,6 +618,14 @@ class _UnrolledPrediction(nn.Module):
 
 def export_program(module: PredictorModule, path: Path) -> Path:
     """``torch.export`` the unrolled prediction (N dynamic, H fixed to the model's future_frames)."""
+    steps = module.decode_steps
+    if any(module.confidence_noise * (1.0 - (s + 1) / steps) > 0 for s in range(steps)):
+        # torch.rand over a shape with a symbolic sample count does not trace (torch 2.13)
+        raise ExportError(
+            f"torch.export cannot capture the confidence noise ({module.confidence_noise:g}) for a variable "
+            "number of samples: export with --confidence-noise 0 (argmax or temperature sampling both work), "
+            "or use the TorchScript format"
+        )
     C, F_ = module.context_frames, module.future_frames
     S = module.image_size
     example = (
@@ -718,7 +732,8 @@ safety section, checkpoints' sha256, versions) is stored inside the file as mask
 
 --format export writes a torch.export program (.pt2) of the whole prediction instead (both: the two),
 with the decoding settings fixed and the decoding loop unrolled: no per-call overrides, a fixed number
-of predicted frames (future_frames), sampling from torch's global generator. Load it with
+of predicted frames (future_frames), sampling from torch's global generator, and no confidence noise
+(export with --confidence-noise 0). Load it with
 torch.export.load(path).module()(context_frames, actions). The planner (--predictor PATH) loads the
 TorchScript file.
 """

@@ -303,3 +303,9 @@ def test_torch_export_program_matches_the_torchscript_module(exported: dict, tmp
         E.ExportError, match=r"torch.export program \(.pt2\); the planner loads the TorchScript"
     ):
         E.load_exported_predictor(written[1])
+    noisy = E.DecodeOverrides(steps=2, confidence_noise=1.0)
+    with pytest.raises(
+        E.ExportError, match="export with --confidence-noise 0.*TorchScript predictor .* was written"
+    ):
+        E.export_predictor(exported["tok_path"], exported["mv_path"], out, overrides=noisy, fmt="both")
+    assert E.load_exported_predictor(out).metadata.confidence_noise == 1.0

@@ -341,7 +341,7 @@ class PredictorMetadata:
     action_conditioning: str = "input"
     checkpoints: dict[str, Any] = field(default_factory=dict)  # {tokenizer|maskvit: {path, sha256, step}}
     versions: dict[str, str] = field(default_factory=dict)
-    weights_sha256: str = ""  # digest of the module's state_dict, checked at load
+    weights_sha256: str = ""  # digest of the scripted module's state_dict, checked at load
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -521,17 +521,23 @@ def build_predictor_module(
             },
         },
         versions=_versions(),
-        weights_sha256=_weights_digest(module),
     )
     module.metadata_json = meta.to_json()
     return module
 
 
 def script_predictor(module: PredictorModule) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of the module (TorchScript's deprecation warning silenced: it is the format)."""
+    """``torch.jit.script`` of the module (TorchScript's deprecation warning silenced: it is the format),
+    with the digest of its weights added to its metadata."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(module.eval())
+        scripted = torch.jit.script(module.eval())
+    data = json.loads(module.metadata_json)
+    if data.get("format") == FORMAT:
+        # of the scripted module: its state_dict also holds buffers the eager one leaves out (FSQ's levels)
+        data["weights_sha256"] = _weights_digest(scripted)
+        module.metadata_json = scripted.metadata_json = json.dumps(data, indent=1, sort_keys=True)
+    return scripted
 
 
 def export_predictor(

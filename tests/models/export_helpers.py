@@ -18,10 +18,17 @@ CONTEXT = 2
 FUTURE = 3
 
 
-def tiny_tokenizer(seed: int = 0) -> tuple[VQModel, TokenizerModelConfig]:
+def tiny_tokenizer(seed: int = 0, quantizer: str = "vq") -> tuple[VQModel, TokenizerModelConfig]:
     torch.manual_seed(seed)
     cfg = TokenizerModelConfig(
-        image_size=IMAGE_SIZE, grid_size=GRID, channel_mult=[1, 2, 2], base_channels=8, codebook_size=CODES
+        image_size=IMAGE_SIZE,
+        grid_size=GRID,
+        channel_mult=[1, 2, 2],
+        base_channels=8,
+        quantizer=quantizer,
+        codebook_size=CODES,
+        fsq_levels=[8, 4],  # 32 codes either way
+        learned_background=quantizer == "fsq",
     )
     return VQModel(cfg).eval(), cfg
 
@@ -51,11 +58,12 @@ def write_checkpoints(
     decode_steps: int = 3,
     temperature: float = 0.0,
     confidence_noise: float = 0.0,
+    quantizer: str = "vq",
     **maskvit_cfg,
 ) -> tuple[Path, Path]:
     """(tokenizer.pt, maskvit.pt) in ``folder``; the MaskViT checkpoint names the tokenizer and its sha256."""
     folder.mkdir(parents=True, exist_ok=True)
-    tok, tok_cfg = tiny_tokenizer()
+    tok, tok_cfg = tiny_tokenizer(quantizer=quantizer)
     tok_path = save_checkpoint(
         folder / "tokenizer.pt",
         models={"tokenizer": tok},

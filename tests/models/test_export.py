@@ -153,6 +153,18 @@ def test_bf16_runs_the_network_under_autocast(exported: dict) -> None:
     assert module(frames, actions, bf16=True).dtype == torch.uint8
 
 
+def test_an_fsq_tokenizer_with_a_learned_background_exports_and_loads(tmp_path: Path) -> None:
+    tok_path, mv_path = write_checkpoints(tmp_path, quantizer="fsq")
+    loaded = E.load_exported_predictor(E.export_predictor(tok_path, mv_path, tmp_path / "fsq.ts")[0])
+    tokenizer = load_tokenizer(tok_path)
+    frames, actions = _inputs()
+    context = loaded.module.encode_context(frames)
+    assert torch.equal(context, tokenizer.encode(frames.permute(0, 3, 1, 2).float() / 255.0))
+    decoded = loaded.module.decode_frames(context).float()
+    assert torch.allclose(decoded, tokenizer.decode(context).permute(0, 2, 3, 1) * 255.0, atol=0.51)
+    assert loaded.module.predict_tokens(context, actions).shape == (4, FUTURE, 4, 4)
+
+
 def test_metadata_describes_the_export(exported: dict) -> None:
     meta = exported["loaded"].metadata
     assert (meta.image_size, meta.grid_h, meta.grid_w, meta.codebook_size) == (16, 4, 4, 32)

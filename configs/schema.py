@@ -146,7 +146,7 @@ class PlannerConfig(_Strict):
     predictor_batch: int = Field(64, ge=1, le=100_000)
     predictor_decode_steps: int | None = Field(None, ge=1, le=64)  # decoding steps; None: the export's
     predictor_temperature: float | None = Field(None, ge=0)  # 0: argmax; None: the export's
-    predictor_precision: Literal["export", "fp32", "bf16"] = "export"  # bf16: autocast; export: its setting
+    predictor_precision: Literal["export", "fp32", "bf16"] = "export"  # bf16 weights; export: its setting
 
     @model_validator(mode="after")
     def _five_stds(self) -> PlannerConfig:

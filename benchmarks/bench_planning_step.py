@@ -5,8 +5,10 @@ For each model size given, a randomly initialised tokenizer (the tokenizer_cpu p
 exported with ``export-predictor``'s code path and loaded the way ``mpc-run`` loads them. Then the real
 planner (CEM with the default planner and cost settings: 60 samples, 3 iterations, horizon 8, cost on
 the last frame, plus the best plan's rollout) plans on fresh context frames, once per precision
-(fp32, bf16 autocast) and decoding step count. Reported: the median seconds of a planning step, of which
-inside the predictor, and the MaskViT forward passes per step. Prints a markdown table and the command.
+(fp32, bf16 weights), decoding step count, batch size and temperature (0: argmax, as the maskvit_cpu
+preset decodes; sampling adds a softmax and a multinomial draw over every token to each pass).
+Reported: the median seconds of a planning step, of which inside the predictor, and the MaskViT
+forward passes per step. Prints a markdown table and the command.
 
     nice python benchmarks/bench_planning_step.py --threads 2
     nice python benchmarks/bench_planning_step.py --sizes 128x2 192x3 --steps 1 2 4 --batches 64 200
@@ -15,6 +17,7 @@ inside the predictor, and the MaskViT forward passes per step. Prints a markdown
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import shlex
 import statistics
@@ -49,7 +52,10 @@ def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) 
         codebook_size=tok_cfg.num_codes, grid_h=tok_cfg.grid_size, grid_w=tok_cfg.grid_size,
         num_frames=context + future, d_model=d_model, n_blocks=blocks, n_heads=max(1, d_model // 32),
     )  # fmt: skip
-    training = cfg.maskvit.model_copy(update={"context_frames": context, "future_frames": future})
+    # the decoding settings a planning model is trained with (argmax, no confidence noise)
+    training = load_config("maskvit_cpu").maskvit.model_copy(
+        update={"context_frames": context, "future_frames": future}
+    )
     mv_path = save_checkpoint(
         folder / "maskvit.pt",
         models={"maskvit": MaskViT(mv_cfg)},
@@ -99,6 +105,9 @@ def main() -> None:
     )
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[64], help="planner.predictor_batch values")
+    parser.add_argument(
+        "--temperatures", nargs="+", type=float, default=[0.0], help="planner.predictor_temperature values"
+    )
     parser.add_argument("--context", type=int, default=2)
     parser.add_argument("--future", type=int, default=8, help="the model's future frames (= planner.horizon)")
     parser.add_argument("--repeats", type=int, default=3, help="timed planning steps per setting (median)")
@@ -114,34 +123,39 @@ def main() -> None:
             d, blocks = (int(v) for v in size.split("x"))
             path = _export(Path(tmp) / size, d, blocks, args.context, args.future)
             for precision in args.precisions:
-                for steps in args.steps:
-                    for batch in args.batches:
-                        overrides = [
-                            f"mpc.context_frames={args.context}",
-                            f"planner.horizon={args.future}",
-                            f"planner.predictor_decode_steps={steps}",
-                            f"planner.predictor_precision={precision}",
-                            f"planner.predictor_batch={batch}",
-                            *args.overrides,
-                        ]
-                        t = _plan_times(path, overrides, args.repeats, seed=0)
-                        row = {
-                            "model": f"d {d}, {blocks} blocks",
-                            "precision": precision,
-                            "decode steps": str(steps),
-                            "batch": str(batch),
-                            "s / planning step": f"{t['step_s']:.2f}",
-                            "of which predictor s": f"{t['predict_s']:.2f}",
-                            "forward passes": f"{t['passes']:.0f}",
-                        }
-                        rows.append(row)
-                        print(row, file=sys.stderr, flush=True)
+                for steps, batch, temperature in itertools.product(
+                    args.steps, args.batches, args.temperatures
+                ):
+                    overrides = [
+                        f"mpc.context_frames={args.context}",
+                        f"planner.horizon={args.future}",
+                        f"planner.predictor_decode_steps={steps}",
+                        f"planner.predictor_precision={precision}",
+                        f"planner.predictor_batch={batch}",
+                        f"planner.predictor_temperature={temperature}",
+                        *args.overrides,
+                    ]
+                    t = _plan_times(path, overrides, args.repeats, seed=0)
+                    row = {
+                        "model": f"d {d}, {blocks} blocks",
+                        "precision": precision,
+                        "decode steps": str(steps),
+                        "temperature": f"{temperature:g}",
+                        "batch": str(batch),
+                        "s / planning step": f"{t['step_s']:.2f}",
+                        "of which predictor s": f"{t['predict_s']:.2f}",
+                        "forward passes": f"{t['passes']:.0f}",
+                    }
+                    rows.append(row)
+                    print(row, file=sys.stderr, flush=True)
 
     cfg = load_config("default", args.overrides)
+    tok = TokenizerModelConfig.from_config(load_config("tokenizer_cpu").tokenizer)
     keys = list(rows[0])
     print(f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`  ")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
-          f"64x64 frames, 8x8 tokens, 512 codes, {args.context} context + {args.future} predicted frames; "
+          f"tokenizer_cpu ({tok.image_size}x{tok.image_size} frames, {tok.grid_size}x{tok.grid_size} tokens, "
+          f"{tok.quantizer} {tok.num_codes} codes), {args.context} context + {args.future} predicted frames; "
           f"CEM {cfg.planner.samples} samples x {cfg.planner.iterations} iterations + the best plan's rollout, "
           f"cost frames: {cfg.cost.frames}; median of {args.repeats} planning steps\n")  # fmt: skip
     print("| " + " | ".join(keys) + " |")

@@ -61,7 +61,11 @@ def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) 
         models={"maskvit": MaskViT(mv_cfg)},
         step=0,
         config={"maskvit": training.model_dump(), "data": cfg.data.model_dump()},
-        extra={"model_config": mv_cfg.to_dict(), "tokenizer_sha256": file_digest(tok_path)},
+        extra={
+            "model_config": mv_cfg.to_dict(),
+            "tokenizer_checkpoint": str(tok_path),
+            "tokenizer_sha256": file_digest(tok_path),
+        },
     )
     return export_predictor(tok_path, mv_path, folder / f"predictor_{d_model}x{blocks}.ts", cfg.safety)[0]
 

@@ -546,13 +546,18 @@ def export_predictor(
     fmt: str = "torchscript",
 ) -> list[Path]:
     """Write the predictor; returns the written paths. ``fmt``: "torchscript" (``out``), "export" (a
-    torch.export program at ``out``) or "both" (``out`` and ``out`` with the suffix .pt2).
+    torch.export program at ``out`` with the suffix .pt2) or "both" (the two).
     ``tokenizer_ckpt`` None: the tokenizer checkpoint the MaskViT checkpoint names."""
     from .training import load_checkpoint
 
     if fmt not in ("torchscript", "export", "both"):
         raise ExportError(f"format must be torchscript, export or both, got {fmt!r}")
     maskvit_ckpt, out = Path(maskvit_ckpt), Path(out)
+    if fmt == "both" and out.suffix == ".pt2":
+        raise ExportError(
+            f"--out {out} names the TorchScript file and the program goes beside it as .pt2: "
+            "give --out another suffix, e.g. predictor.ts"
+        )
     if tokenizer_ckpt is None:
         named = load_checkpoint(maskvit_ckpt).get("extra", {}).get("tokenizer_checkpoint")
         if not named:
@@ -576,7 +581,7 @@ def export_predictor(
         written.append(out)
     if fmt in ("export", "both"):
         try:
-            written.append(export_program(module, out if fmt == "export" else out.with_suffix(".pt2")))
+            written.append(export_program(module, out.with_suffix(".pt2")))
         except ExportError as exc:
             if not written:
                 raise
@@ -645,7 +650,7 @@ def export_program(module: PredictorModule, path: Path) -> Path:
             f"torch.export could not capture the predictor ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); use --format torchscript"
         ) from None
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.stem + ".partial.pt2")  # torch.export wants the suffix
     torch.export.save(program, str(tmp), extra_files={METADATA_FILE: module.metadata_json})
     tmp.replace(path)
     return path
@@ -757,8 +762,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         choices=["torchscript", "export", "both"],
         default="torchscript",
-        help="export: a torch.export program (.pt2) at --out instead; both: TorchScript at --out and the "
-        "program beside it with the suffix .pt2",
+        help="export: a torch.export program instead, at --out with the suffix .pt2; both: the two",
     )
     parser.add_argument(
         "--steps", type=int, help="default decoding steps; none: the checkpoint's maskvit.decode_steps"

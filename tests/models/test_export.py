@@ -319,6 +319,8 @@ def test_torch_export_program_matches_the_torchscript_module(exported: dict, tmp
         E.ExportError, match=r"torch.export program \(.pt2\); the planner loads the TorchScript"
     ):
         E.load_exported_predictor(written[1])
+    with pytest.raises(E.ExportError, match="give --out another suffix"):
+        E.export_predictor(exported["tok_path"], exported["mv_path"], tmp_path / "x.pt2", fmt="both")
     noisy = E.DecodeOverrides(steps=2, confidence_noise=1.0)
     with pytest.raises(
         E.ExportError, match="export with --confidence-noise 0.*TorchScript predictor .* was written"

@@ -38,7 +38,7 @@ class Policy(Protocol):
 
     def reset(self) -> None: ...
 
-    def plan(self, context_frames: np.ndarray) -> PlanStep: ...
+    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep: ...
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,11 @@ def run_episode(
     context: collections.deque[np.ndarray] = collections.deque(maxlen=cfg.context_frames)
     # Before the episode has history, the context repeats its first frame: "it was standing still".
     context.extend([frame.rgb] * cfg.context_frames)
+    # The actions the arm applied between consecutive context frames (None: unknown, "hold"), which a
+    # learned predictor conditions on as it was trained to.
+    past: collections.deque[np.ndarray | None] = collections.deque(
+        [None] * (cfg.context_frames - 1), maxlen=max(1, cfg.context_frames - 1)
+    )
     if judge is not None:
         episode.initial_judgement = judge()
     try:
@@ -232,13 +237,14 @@ def run_episode(
             while True:
                 if before_plan is not None:
                     before_plan()
-                plan = policy.plan(np.stack(context))
+                plan = policy.plan(np.stack(context), _context_actions(past, cfg.context_frames))
                 if on_plan is not None:
                     on_plan(step, plan)
                 if hold is None or not hold():
                     break
                 frame = camera.read(timeout_s=timeout)  # the scene may have changed during the pause
                 context.append(frame.rgb)
+                past.append(_hold(past))  # nothing was commanded between the two frames
                 t0 = time.perf_counter()
             sent = applied = None
             clipped = False
@@ -275,6 +281,7 @@ def run_episode(
                 on_step(record)
             frame = next_frame
             context.append(frame.rgb)
+            past.append(np.asarray(applied, np.float32) if applied is not None else _hold(past))
             if judgement is not None and judgement.success and cfg.stop_on_success:
                 episode.stopped_by = "success"
                 break
@@ -302,3 +309,27 @@ def _stop_arm(arm: Arm) -> None:
         log.info("arm stopped")
     except ArmError as exc:  # the controller may already be gone; its watchdog stops it then
         log.warning("could not stop the arm: %s", exc)
+
+
+def _hold(past: collections.deque[np.ndarray | None]) -> np.ndarray | None:
+    """No motion, the gripper where the last known action left it (None while nothing is known)."""
+    known = [a for a in past if a is not None]
+    if not known:
+        return None
+    hold = np.zeros_like(known[-1])
+    hold[-1] = known[-1][-1]
+    return hold
+
+
+def _context_actions(past: collections.deque[np.ndarray | None], context_frames: int) -> np.ndarray | None:
+    """(Tc - 1, 5) applied actions between the context frames; None before any is known. Unknown early
+    entries are "hold" with the gripper of the first known action."""
+    if context_frames < 2:
+        return None
+    known = [a for a in past if a is not None]
+    if not known:
+        return None
+    first = known[0]
+    hold = np.zeros_like(first)
+    hold[-1] = first[-1]
+    return np.stack([hold if a is None else a for a in past])

@@ -96,8 +96,11 @@ class OraclePredictor(Predictor):
         context_frames: np.ndarray,
         actions: np.ndarray,
         frame_indices: Sequence[int] | None = None,
+        context_actions: np.ndarray | None = None,  # the simulator state already holds the past
     ) -> np.ndarray:
-        context_frames, actions, indices = check_predict_inputs(context_frames, actions, frame_indices)
+        context_frames, actions, indices = check_predict_inputs(
+            context_frames, actions, frame_indices, context_actions
+        )
         if self._state is None:
             raise PredictorError(
                 "the oracle has no simulator state yet: call set_sim_state(state) with the arm "

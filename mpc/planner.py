@@ -67,16 +67,23 @@ class VisualMPCPolicy:
         """Forget the previous plan (a new episode)."""
         self._previous = None
 
-    def plan(self, context_frames: np.ndarray) -> PlanStep:
+    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep:
+        """``context_actions`` (Tc - 1, 5): what the arm applied between the context frames, or None."""
         start = time.perf_counter()
         timers = {"predict": 0.0, "cost": 0.0}
         context = np.asarray(context_frames)[None]  # (1, Tc, H, W, 3)
+        past = None if context_actions is None else np.asarray(context_actions, np.float32)[None]
 
         def cost_fn(actions: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
             batch_context = np.broadcast_to(context, (len(actions), *context.shape[1:]))  # no copy
+            extra = (
+                {}
+                if past is None
+                else {"context_actions": np.broadcast_to(past, (len(actions), *past.shape[1:]))}
+            )
             frames = self.predictor.predict(
-                batch_context, actions.astype(np.float32), self.cost.frame_indices
+                batch_context, actions.astype(np.float32), self.cost.frame_indices, **extra
             )
             t1 = time.perf_counter()
             costs = self.cost(frames)
@@ -94,7 +101,8 @@ class VisualMPCPolicy:
         predicted = None
         if self.predict_best:
             t0 = time.perf_counter()
-            predicted = self.predictor.predict(context, result.actions[None].astype(np.float32))[0]
+            extra = {} if past is None else {"context_actions": past}
+            predicted = self.predictor.predict(context, result.actions[None].astype(np.float32), **extra)[0]
             timers["predict"] += time.perf_counter() - t0
         # CEM's best sample, not its mean, is the warm start: it is the plan actually followed.
         self._previous = result.actions
@@ -118,7 +126,7 @@ class RandomPolicy:
     def reset(self) -> None:
         """Nothing to forget."""
 
-    def plan(self, context_frames: np.ndarray) -> PlanStep:
+    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep:
         start = time.perf_counter()
         actions = self.rng.uniform(
             self.bounds.low, self.bounds.high, size=(self.cfg.horizon, len(self.bounds.low))

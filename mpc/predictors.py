@@ -4,6 +4,8 @@ Every implementation is batched and shares one contract:
 
 * ``context_frames``: (B, Tc, H, W, 3) uint8, oldest first, the last one is "now";
 * ``actions``: (B, horizon, 5) float32: dx, dy, dz (m), dyaw (rad), gripper command in [-1, 1];
+* ``context_actions``: (B, Tc - 1, 5) float32 or None: the actions the arm really applied between the
+  context frames (None: unknown, taken as "hold": no motion, as at the start of an episode);
 * returns (B, K, H, W, 3) uint8 where frame k shows the scene after action ``frame_indices[k]``
   (default: all of them, K = horizon).
 
@@ -51,6 +53,7 @@ class Predictor(abc.ABC):
         context_frames: np.ndarray,
         actions: np.ndarray,
         frame_indices: Sequence[int] | None = None,
+        context_actions: np.ndarray | None = None,
     ) -> np.ndarray:
         """Predict the frames that follow each action sequence (see the module docstring)."""
 
@@ -69,7 +72,10 @@ class Predictor(abc.ABC):
 
 
 def check_predict_inputs(
-    context_frames: np.ndarray, actions: np.ndarray, frame_indices: Sequence[int] | None
+    context_frames: np.ndarray,
+    actions: np.ndarray,
+    frame_indices: Sequence[int] | None,
+    context_actions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Validate shapes and dtypes; returns the arrays and the frame indices as a list."""
     context_frames = np.asarray(context_frames)
@@ -90,6 +96,12 @@ def check_predict_inputs(
     indices = list(range(horizon)) if frame_indices is None else [int(i) for i in frame_indices]
     if any(not 0 <= i < horizon for i in indices):
         raise PredictorError(f"frame_indices {indices} must lie in [0, {horizon})")
+    if context_actions is not None:
+        expected = (context_frames.shape[0], context_frames.shape[1] - 1, ACTION_DIM)
+        if np.shape(context_actions) != expected:
+            raise PredictorError(
+                f"context_actions must be (B, Tc - 1, {ACTION_DIM}) = {expected}, got {np.shape(context_actions)}"
+            )
     return context_frames, actions, indices
 
 
@@ -103,8 +115,11 @@ class CopyLastPredictor(Predictor):
         context_frames: np.ndarray,
         actions: np.ndarray,
         frame_indices: Sequence[int] | None = None,
+        context_actions: np.ndarray | None = None,
     ) -> np.ndarray:
-        context_frames, _, indices = check_predict_inputs(context_frames, actions, frame_indices)
+        context_frames, _, indices = check_predict_inputs(
+            context_frames, actions, frame_indices, context_actions
+        )
         last = context_frames[:, -1:]  # (B, 1, H, W, 3)
         return np.repeat(last, len(indices), axis=1)
 
@@ -145,11 +160,11 @@ class TorchScriptPredictor(Predictor):
 
     The model sees a clip of ``C`` context frames and ``F`` future frames (its training length) with the
     ``C - 1 + F`` actions between them: action t leads from frame t to frame t+1. The planner's horizon
-    actions follow the last context frame; the actions between the context frames are not part of the
-    predictor interface, so they are "hold": no motion, the gripper at its first planned command (exact
-    while the context repeats the first frame, as it does at the start of an episode). A horizon shorter
-    than ``F`` is padded with the same hold after its last action, and only the asked-for frames are
-    decoded to pixels.
+    actions follow the last context frame; the actions between the context frames come in as
+    ``context_actions`` (what the arm applied: the control loop passes them) or, when unknown, are
+    "hold": no motion, the gripper at its first planned command (exact while the context repeats the
+    first frame, as it does at the start of an episode). A horizon shorter than ``F`` is padded with the
+    same hold after its last action, and only the asked-for frames are decoded to pixels.
 
     Per planning step the context frames are tokenized once: all the samples of a CEM iteration share
     one context (the planner broadcasts it), and the tokens are kept while the context stays the same,
@@ -189,6 +204,7 @@ class TorchScriptPredictor(Predictor):
         self.context_encodings = 0  # tokenizer encoder runs (once per planning step)
         self.forward_passes = 0  # MaskViT forward passes, over all batches and calls
         self._context: tuple[np.ndarray, object] | None = None  # (frames, their tokens)
+        self._context_key = b""  # the past actions the cached rollouts were decoded with
         self._rollouts: dict[bytes, object] = {}  # action sequence -> its decoded tokens, this context
         self._warn_on_wider_bounds(config)
 
@@ -211,7 +227,9 @@ class TorchScriptPredictor(Predictor):
                 trained[1],
             )
 
-    def _context_tokens(self, context_frames: np.ndarray):  # -> (torch.Tensor (1 | B, C, h, w), shared)
+    def _context_tokens(
+        self, context_frames: np.ndarray, past: np.ndarray | None
+    ):  # -> (torch.Tensor (1 | B, C, h, w), shared)
         torch = self._torch
         shared = (
             len(context_frames) == 1
@@ -220,11 +238,16 @@ class TorchScriptPredictor(Predictor):
         )
         if shared:
             one = context_frames[0]
+            key = b"" if past is None else past.tobytes()
             if self._context is not None and np.array_equal(self._context[0], one):
+                if self._context_key != key:  # same frames, other past actions: other rollouts
+                    self._rollouts.clear()
+                    self._context_key = key
                 return self._context[1], True
             tokens = self.module.encode_context(torch.from_numpy(np.array(one)))[None]  # a writable copy
             self.context_encodings += 1
             self._context = (one.copy(), tokens)
+            self._context_key = key
             self._rollouts.clear()  # rollouts from another context
             return tokens, True
         parts = []
@@ -234,19 +257,25 @@ class TorchScriptPredictor(Predictor):
             self.context_encodings += 1
         return torch.cat(parts), False
 
-    def _clip_actions(self, actions: np.ndarray) -> np.ndarray:
-        """(B, horizon, 5) -> (B, C - 1 + F, 5): hold before the horizon and after it."""
+    def _clip_actions(self, actions: np.ndarray, past: np.ndarray | None) -> np.ndarray:
+        """(B, horizon, 5) -> (B, C - 1 + F, 5): the applied past actions (or hold) before the horizon,
+        hold after it."""
         B, horizon, _ = actions.shape
         C, F = self.metadata.context_frames, self.metadata.future_frames
         clip = np.zeros((B, C - 1 + F, ACTION_DIM), np.float32)
         clip[:, C - 1 : C - 1 + horizon] = actions
-        clip[:, : C - 1, -1] = actions[:, :1, -1]  # gripper held at its first planned command
+        if past is not None:
+            clip[:, : C - 1] = past[:1] if len(past) != B else past
+        else:
+            clip[:, : C - 1, -1] = actions[:, :1, -1]  # gripper held at its first planned command
         clip[:, C - 1 + horizon :, -1] = actions[:, -1:, -1]
         return clip
 
-    def _predict_tokens(self, context, actions: np.ndarray):  # -> torch.Tensor (B, F, h, w)
+    def _predict_tokens(
+        self, context, actions: np.ndarray, past: np.ndarray | None = None
+    ):  # -> torch.Tensor (B, F, h, w)
         torch = self._torch
-        clip_actions = torch.from_numpy(self._clip_actions(actions))
+        clip_actions = torch.from_numpy(self._clip_actions(actions, past))
         parts = []
         for start in range(0, len(actions), self.batch_size):
             stop = min(len(actions), start + self.batch_size)
@@ -268,8 +297,11 @@ class TorchScriptPredictor(Predictor):
         context_frames: np.ndarray,
         actions: np.ndarray,
         frame_indices: Sequence[int] | None = None,
+        context_actions: np.ndarray | None = None,
     ) -> np.ndarray:
-        context_frames, actions, indices = check_predict_inputs(context_frames, actions, frame_indices)
+        context_frames, actions, indices = check_predict_inputs(
+            context_frames, actions, frame_indices, context_actions
+        )
         meta = self.metadata
         B, Tc, height, width, _ = context_frames.shape
         if (height, width) != (meta.image_size, meta.image_size):
@@ -289,9 +321,15 @@ class TorchScriptPredictor(Predictor):
             )
         torch = self._torch
         with torch.inference_mode():
-            context, shared = self._context_tokens(context_frames[:, Tc - meta.context_frames :])
+            C = meta.context_frames
+            past = None if context_actions is None else np.asarray(context_actions, np.float32)[:, Tc - C :]
+            if past is not None and not (past == past[:1]).all():
+                raise PredictorError("context_actions must be the same for every sample of one context")
+            context, shared = self._context_tokens(
+                context_frames[:, Tc - C :], None if past is None else past[0]
+            )
             if not shared:
-                tokens = self._predict_tokens(context, actions)
+                tokens = self._predict_tokens(context, actions, past)
             else:
                 # A sequence already scored from this context (the best plan, whose rollout the planner
                 # shows) is not decoded again: its rollout is the one its cost came from.
@@ -303,7 +341,15 @@ class TorchScriptPredictor(Predictor):
                 found = {}
                 if new:
                     found = dict(
-                        zip(new, self._predict_tokens(context, actions[list(new.values())]), strict=True)
+                        zip(
+                            new,
+                            self._predict_tokens(
+                                context,
+                                actions[list(new.values())],
+                                None if past is None else past[: len(new)],
+                            ),
+                            strict=True,
+                        )
                     )
                 tokens = torch.stack([self._rollouts[k] if k in self._rollouts else found[k] for k in keys])
                 for key, rollout in found.items():

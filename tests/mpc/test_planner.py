@@ -26,8 +26,10 @@ class SquareWorld(Predictor):
     def __init__(self, xy) -> None:
         self.xy = np.asarray(xy, dtype=float)
 
-    def predict(self, context_frames, actions, frame_indices: Sequence[int] | None = None):
-        _, actions, indices = check_predict_inputs(context_frames, actions, frame_indices)
+    def predict(
+        self, context_frames, actions, frame_indices: Sequence[int] | None = None, context_actions=None
+    ):
+        _, actions, indices = check_predict_inputs(context_frames, actions, frame_indices, context_actions)
         path = self.xy + np.cumsum(actions[..., :2], axis=1) * PX_PER_M  # (B, horizon, 2)
         return np.stack([[_draw(path[b, i]) for i in indices] for b in range(len(actions))])
 

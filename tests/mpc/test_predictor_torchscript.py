@@ -179,3 +179,23 @@ def test_wrong_inputs_at_predict_time_are_refused(predictor_file: Path) -> None:
         predictor.predict(np.zeros((1, 1, 16, 16, 3), np.uint8), _actions(1))
     with pytest.raises(PredictorError, match="at most 3 frames, asked for 4"):
         predictor.predict(np.zeros((1, 2, 16, 16, 3), np.uint8), _actions(1, horizon=4))
+
+
+def test_applied_past_actions_condition_the_prediction(predictor_file: Path) -> None:
+    """The actions between the context frames go into the clip where the model was trained to see them."""
+    predictor = load_predictor(str(predictor_file), _config())
+    context, actions = _context(), _actions(3)
+    batch_context = np.broadcast_to(context[None], (3, *context.shape))
+    past = np.tile(np.array([0.04, -0.03, 0.0, 0.1, 1.0], np.float32), (3, CONTEXT - 1, 1))
+    frames = predictor.predict(batch_context, actions, context_actions=past)
+    module = torch.jit.load(str(predictor_file))
+    clip = np.zeros((3, CONTEXT - 1 + FUTURE, 5), np.float32)
+    clip[:, : CONTEXT - 1] = past
+    clip[:, CONTEXT - 1 :] = actions
+    expected = module(torch.from_numpy(context), torch.from_numpy(clip)).numpy()
+    np.testing.assert_array_equal(frames, expected)
+    # the same frames with other past actions are other rollouts, not the cached ones
+    hold = predictor.predict(batch_context, actions)
+    np.testing.assert_array_equal(hold, _expected(predictor_file, context, actions))
+    with pytest.raises(PredictorError, match="context_actions must be"):
+        predictor.predict(batch_context, actions, context_actions=past[:, :0])

@@ -230,7 +230,16 @@ def test_real_arm_path_reads_the_configured_camera_through_the_shared_preprocess
         port = int(endpoints.command.rsplit(":", 1)[1])
         out = tmp_path / "run"
         rc = run.main(
-            ["--goal", str(goal), "--predictor", "copy-last", "--camera", f"replay:{images}", "--max-steps", "2"]
+            [
+                "--goal",
+                str(goal),
+                "--predictor",
+                "copy-last",
+                "--camera",
+                f"replay:{images}",
+                "--max-steps",
+                "2",
+            ]
             + ["--out", str(out), "--set", f"bridge.command_port={port}", "--set", "data.image_size=32"]
             + ["--set", "camera.replay_loop=true", *TINY]
         )

@@ -36,9 +36,11 @@ def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor, data_range: float = 
 
 def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     """Structural similarity per image (Gaussian 11x11 window, sigma 1.5, torchmetrics): (B, C, H, W) -> (B,)."""
-    return structural_similarity_index_measure(
-        pred.float().clamp(0, data_range), target.float(), data_range=data_range, reduction="none"
-    )
+    # always fp32: under bf16 autocast the local variances cancel and SSIM(x, x) comes out near 0.3
+    with torch.autocast(pred.device.type, enabled=False):
+        return structural_similarity_index_measure(
+            pred.float().clamp(0, data_range), target.float(), data_range=data_range, reduction="none"
+        )
 
 
 def changing_pixel_mask(frames: Tensor, threshold: int = 10) -> Tensor:

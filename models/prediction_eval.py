@@ -35,6 +35,7 @@ __all__ = [
     "ClipBatch",
     "ObjectErrors",
     "clip_batch",
+    "clip_segmentation",
     "decode_future",
     "evaluate_predictions",
     "object_position_errors",
@@ -166,40 +167,48 @@ def evaluate_predictions(
     decoded = decode_future(
         model, tokens, actions, context_frames, steps, schedule, temperature, 0.0, generator
     )
-    size = tokenizer.image_size
-    true = frames.permute(0, 1, 4, 2, 3).float() / 255.0  # (B, T, 3, H, W)
-    if true.shape[-1] != size:
-        true = F.interpolate(true.flatten(0, 1), size=(size, size), mode="area").unflatten(0, (B, T))
-    pred = tokenizer.decode(decoded.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, 3, S, S)
-    recon = tokenizer.decode(tokens[:, context_frames:].flatten(0, 1))
-    copy = true[:, context_frames - 1 : context_frames].expand(-1, T - context_frames, -1, -1, -1)
-    truth = true[:, context_frames:].flatten(0, 1)
-    future_pred = pred[:, context_frames:].flatten(0, 1)
-    out = {
-        "pred_psnr": float(psnr(future_pred, truth).mean()),
-        "pred_ssim": float(ssim(future_pred, truth).mean()),
-        "copy_last_psnr": float(psnr(copy.flatten(0, 1), truth).mean()),
-        "copy_last_ssim": float(ssim(copy.flatten(0, 1), truth).mean()),
-        "recon_psnr": float(psnr(recon, truth).mean()),
-        "token_accuracy": float((decoded[:, context_frames:] == tokens[:, context_frames:]).float().mean()),
-    }
-    if segmentation is not None:
-        if segmentation.shape[-1] != size:
-            segmentation = (
-                F.interpolate(segmentation.flatten(0, 1)[:, None].float(), size=(size, size), mode="nearest")
-                .long()[:, 0]
-                .unflatten(0, (B, T))
+    # pixels and their metrics in fp32 even under a caller's bf16 autocast: SSIM's local variances
+    # cancel catastrophically in bf16, and the planner decodes frames in fp32 too
+    with torch.autocast(tokens.device.type, enabled=False):
+        size = tokenizer.image_size
+        true = frames.permute(0, 1, 4, 2, 3).float() / 255.0  # (B, T, 3, H, W)
+        if true.shape[-1] != size:
+            true = F.interpolate(true.flatten(0, 1), size=(size, size), mode="area").unflatten(0, (B, T))
+        pred = tokenizer.decode(decoded.flatten(0, 1)).unflatten(0, (B, T)).float()  # (B, T, 3, S, S)
+        recon = tokenizer.decode(tokens[:, context_frames:].flatten(0, 1)).float()
+        copy = true[:, context_frames - 1 : context_frames].expand(-1, T - context_frames, -1, -1, -1)
+        truth = true[:, context_frames:].flatten(0, 1)
+        future_pred = pred[:, context_frames:].flatten(0, 1)
+        copy_flat = copy.reshape(truth.shape)
+        out = {
+            "pred_psnr": float(psnr(future_pred, truth).mean()),
+            "pred_ssim": float(ssim(future_pred, truth).mean()),
+            "copy_last_psnr": float(psnr(copy_flat, truth).mean()),
+            "copy_last_ssim": float(ssim(copy_flat, truth).mean()),
+            "recon_psnr": float(psnr(recon, truth).mean()),
+            "token_accuracy": float(
+                (decoded[:, context_frames:] == tokens[:, context_frames:]).float().mean()
+            ),
+        }
+        if segmentation is not None:
+            if segmentation.shape[-1] != size:
+                segmentation = (
+                    F.interpolate(
+                        segmentation.flatten(0, 1)[:, None].float(), size=(size, size), mode="nearest"
+                    )
+                    .long()[:, 0]
+                    .unflatten(0, (B, T))
+                )
+            errors = object_position_errors(pred, true, segmentation.to(pred.device), context_frames)
+            moved = errors.moved
+            present = ~torch.isnan(errors.copy_last)
+            out.update(
+                object_err_px=_nanmean(errors.predicted),
+                copy_last_object_err_px=_nanmean(errors.copy_last),
+                moved_object_err_px=_nanmean(errors.predicted[moved]),
+                copy_last_moved_object_err_px=_nanmean(errors.copy_last[moved]),
+                object_found=float(errors.found.sum()) / max(1, int(present.sum())),
             )
-        errors = object_position_errors(pred, true, segmentation.to(pred.device), context_frames)
-        moved = errors.moved
-        present = ~torch.isnan(errors.copy_last)
-        out.update(
-            object_err_px=_nanmean(errors.predicted),
-            copy_last_object_err_px=_nanmean(errors.copy_last),
-            moved_object_err_px=_nanmean(errors.predicted[moved]),
-            copy_last_moved_object_err_px=_nanmean(errors.copy_last[moved]),
-            object_found=float(errors.found.sum()) / max(1, int(present.sum())),
-        )
     return out
 
 
@@ -215,7 +224,7 @@ def clip_batch(clips: Dataset, tokens: Dataset, indices: list[int]) -> ClipBatch
     """The same clips from an (Concat)EpisodeClips dataset and its token twin, stacked."""
     items = [clips[i] for i in indices]
     token_items = [tokens[i] for i in indices]
-    segs = [_clip_segmentation(clips, i) for i in indices]
+    segs = [clip_segmentation(clips, i) for i in indices]
     return ClipBatch(
         frames=torch.stack([torch.as_tensor(it["frames"]) for it in items]),
         tokens=torch.stack([it["tokens"] for it in token_items]),
@@ -224,9 +233,10 @@ def clip_batch(clips: Dataset, tokens: Dataset, indices: list[int]) -> ClipBatch
     )
 
 
-def _clip_segmentation(clips: Dataset, index: int) -> Tensor | None:
+def clip_segmentation(clips: Dataset, index: int) -> Tensor | None:
+    """(T, H, W) labels of clip ``index`` of an EpisodeClips or a concatenation of them; None without."""
     if isinstance(clips, ConcatDataset):
         part = bisect.bisect_right(clips.cumulative_sizes, index)
         offset = clips.cumulative_sizes[part - 1] if part > 0 else 0
-        return _clip_segmentation(clips.datasets[part], index - offset)
+        return clip_segmentation(clips.datasets[part], index - offset)
     return clips.clip_segmentation(index)  # type: ignore[attr-defined]

@@ -67,3 +67,9 @@ def test_changing_pixel_mask_marks_what_moves() -> None:
     mask = changing_pixel_mask(frames, threshold=10)
     assert mask.shape == (4, 4)
     assert mask.nonzero().tolist() == [[2, 2]]
+
+
+def test_ssim_is_exact_under_bf16_autocast():
+    a = torch.rand(2, 3, 32, 32) * 0.1 + 0.8
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-5)

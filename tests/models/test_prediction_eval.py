@@ -73,3 +73,26 @@ def test_evaluate_predictions_reports_prediction_and_baseline() -> None:
     # the box moved 2 and 4 px after the last context frame: the copy-last error is their mean
     assert math.isclose(m["copy_last_object_err_px"], 3.0, abs_tol=1e-4)
     assert m["copy_last_psnr"] < 100  # the box moved, so copy-last is not perfect
+
+
+def test_metrics_are_computed_in_fp32_under_bf16_autocast() -> None:
+    """SSIM of a frame with itself is 1; under a caller's bf16 autocast it must stay so (it cancels
+    catastrophically in bf16)."""
+    torch.manual_seed(0)
+    tok = VQModel(
+        TokenizerModelConfig(
+            image_size=16, grid_size=4, base_channels=8, channel_mult=[1, 2, 2], codebook_size=16
+        )
+    ).eval()
+    model = MaskViT(
+        MaskViTModelConfig(
+            codebook_size=16, grid_h=4, grid_w=4, num_frames=4, d_model=32, n_heads=4, n_blocks=1
+        )
+    ).eval()
+    frames, seg = _scene(4, [(4, 4)] * 4, size=16)  # nothing moves: copy-last is exact
+    uint8 = (frames.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8)
+    tokens = tok.encode(frames[0]).unsqueeze(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m = evaluate_predictions(model, tok, uint8, tokens, None, 2, segmentation=seg, steps=1)
+    assert m["copy_last_ssim"] > 0.999 and m["copy_last_psnr"] > 60
+    assert -1.0 <= m["pred_ssim"] <= 1.0

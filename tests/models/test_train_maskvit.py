@@ -114,3 +114,28 @@ def test_runs_share_a_token_cache_file(setup: tuple[Path, Path], tmp_path: Path)
     argv = _argv(episodes, tok, tmp_path / "b", "--steps", "2", "--token-cache", str(shared))
     assert train_maskvit.main(argv + ["--set", "maskvit.val_decode_clips=0"]) == 0
     assert shared.stat().st_mtime_ns == before  # the second run encoded nothing
+
+
+def test_eval_maskvit_reports_predictions_against_copy_last(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from maskvit_mpc.models import eval_maskvit
+
+    episodes, tok = setup
+    out = tmp_path / "run"
+    argv = _argv(episodes, tok, out, "--steps", "2", "--set", "maskvit.val_decode_clips=0")
+    assert train_maskvit.main(argv) == 0
+    result = tmp_path / "eval.json"
+    rc = eval_maskvit.main(
+        ["--checkpoint", str(out / "step_0000002.pt"), "--data", str(episodes), "--clips", "3"]
+        + ["--steps", "1", "2", "--json", str(result)]
+    )
+    assert rc == 0
+    doc = json.loads(result.read_text())
+    assert doc["clips"] == 3 and doc["tokenizer"] == str(tok)
+    for steps in ("steps_1", "steps_2"):
+        row = doc[steps]
+        assert 0 < row["pred_psnr"] < 100 and 0 < row["copy_last_psnr"] <= 100
+        assert -1 <= row["pred_ssim"] <= 1 and 0 <= row["object_found"] <= 1
+        assert row["copy_last_object_err_px"] >= 0
+    assert eval_maskvit.main(["--checkpoint", str(tok), "--data", str(episodes)]) == 2  # not a MaskViT file

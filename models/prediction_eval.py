@@ -189,6 +189,14 @@ def evaluate_predictions(
             "token_accuracy": float(
                 (decoded[:, context_frames:] == tokens[:, context_frames:]).float().mean()
             ),
+            # on the tokens that differ from the previous true frame's: where motion is (NaN if none)
+            "changed_token_accuracy": _nanmean(
+                torch.where(
+                    tokens[:, context_frames:] != tokens[:, context_frames - 1 : -1],
+                    (decoded[:, context_frames:] == tokens[:, context_frames:]).float(),
+                    torch.full(tokens[:, context_frames:].shape, math.nan, device=tokens.device),
+                )
+            ),
         }
         if segmentation is not None:
             if segmentation.shape[-1] != size:

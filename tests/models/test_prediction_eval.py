@@ -70,6 +70,8 @@ def test_evaluate_predictions_reports_prediction_and_baseline() -> None:
     m = evaluate_predictions(model, tok, uint8, tokens, torch.zeros(1, 3, 5), 2, segmentation=seg, steps=2)
     for key in ("pred_psnr", "pred_ssim", "copy_last_psnr", "copy_last_ssim", "recon_psnr", "object_found"):
         assert key in m and not math.isnan(m[key]), key
+    for key in ("token_accuracy",):
+        assert key in m and not math.isnan(m[key]), key
     # the box moved 2 and 4 px after the last context frame: the copy-last error is their mean
     assert math.isclose(m["copy_last_object_err_px"], 3.0, abs_tol=1e-4)
     assert m["copy_last_psnr"] < 100  # the box moved, so copy-last is not perfect
@@ -96,3 +98,29 @@ def test_metrics_are_computed_in_fp32_under_bf16_autocast() -> None:
         m = evaluate_predictions(model, tok, uint8, tokens, None, 2, segmentation=seg, steps=1)
     assert m["copy_last_ssim"] > 0.999 and m["copy_last_psnr"] > 60
     assert -1.0 <= m["pred_ssim"] <= 1.0
+
+
+def test_a_perfect_prediction_reaches_the_tokenizer_ceiling(monkeypatch) -> None:
+    """With decoding replaced by the true codes, every token is right and the predicted frames are the
+    tokenizer's reconstructions: pred_psnr == recon_psnr."""
+    from maskvit_mpc.models import prediction_eval
+
+    torch.manual_seed(0)
+    tok = VQModel(
+        TokenizerModelConfig(
+            image_size=16, grid_size=4, base_channels=8, channel_mult=[1, 2, 2], codebook_size=16
+        )
+    ).eval()
+    model = MaskViT(
+        MaskViTModelConfig(
+            codebook_size=16, grid_h=4, grid_w=4, num_frames=4, d_model=32, n_heads=4, n_blocks=1
+        )
+    ).eval()
+    frames, seg = _scene(4, [(4, 4), (4, 4), (8, 8), (12, 12)], size=16)
+    uint8 = (frames.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8)
+    tokens = tok.encode(frames[0]).unsqueeze(0)
+    tokens[:, 2:, 0, 0] = (tokens[:, 1, 0, 0] + 1) % 16  # make sure some tokens change
+    monkeypatch.setattr(prediction_eval, "decode_future", lambda model, tokens, *a, **k: tokens.clone())
+    m = prediction_eval.evaluate_predictions(model, tok, uint8, tokens, None, 2, segmentation=seg)
+    assert m["token_accuracy"] == 1.0 and m["changed_token_accuracy"] == 1.0
+    assert math.isclose(m["pred_psnr"], m["recon_psnr"], rel_tol=1e-6)

@@ -96,6 +96,46 @@ def evaluate(
     }
 
 
+@torch.no_grad()
+def token_churn(
+    model: VQModel,
+    episodes: list,
+    max_episodes: int = 50,
+    static_threshold: int = 3,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """How often a position's code changes between consecutive frames of an episode.
+
+    ``static_token_churn`` counts only positions whose pixels did not change (every channel of every
+    pixel of the token's patch within ``static_threshold`` of 255): codes that flip on an unchanged
+    table are noise MaskViT has to predict, and a planner cannot tell them from motion. Lower is better;
+    0 on static content is ideal.
+    """
+    model = model.to(device).eval()
+    changed: list[torch.Tensor] = []
+    static: list[torch.Tensor] = []
+    picks = np.linspace(0, len(episodes) - 1, min(max_episodes, len(episodes))).round().astype(int)
+    patch = model.image_size // model.grid_size
+    for i in sorted(set(picks.tolist())):
+        episode = episodes[i]
+        frames = torch.from_numpy(np.ascontiguousarray(episode.frames(0, episode.num_frames, 1)))  # (T,H,W,3)
+        if frames.shape[1] != model.image_size or len(frames) < 2:
+            continue
+        codes = model.encode(frames.to(device).permute(0, 3, 1, 2).float() / 255.0)  # (T, h, w)
+        flips = codes[1:] != codes[:-1]
+        diff = (frames[1:].to(torch.int16) - frames[:-1].to(torch.int16)).abs().amax(-1)  # (T-1, H, W)
+        patch_diff = diff.unflatten(1, (model.grid_size, patch)).unflatten(3, (model.grid_size, patch))
+        still = patch_diff.amax(dim=(2, 4)) <= static_threshold  # (T-1, h, w)
+        changed.append(flips.flatten().cpu())
+        static.append(flips[still.to(device)].cpu())
+    all_flips, static_flips = torch.cat(changed), torch.cat(static)
+    return {
+        "token_churn": float(all_flips.float().mean()) if all_flips.numel() else math.nan,
+        "static_token_churn": float(static_flips.float().mean()) if static_flips.numel() else math.nan,
+        "static_token_share": static_flips.numel() / max(1, all_flips.numel()),
+    }
+
+
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch sees no CUDA GPU: use --device cpu")
@@ -123,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         keep = np.linspace(0, len(dataset) - 1, args.max_frames).round().astype(int)
         dataset = Subset(dataset, sorted(set(keep.tolist())))
     results = evaluate(model, dataset, args.batch_size, device)
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    results.update(token_churn(model, base.episodes, device=device))
     results.update(checkpoint=str(args.checkpoint), data=[str(d) for d in args.data], split=args.split)
     width = max(len(k) for k in results)
     for key, value in results.items():

@@ -135,6 +135,7 @@ def test_train_resume_and_evaluate_end_to_end(
     assert results["frames"] == 32 and results["object_mask"] == "segmentation"
     assert 0 < results["codebook_used"] <= 32 and results["codebook_size"] == 32
     assert 1.0 <= results["perplexity"] <= 32
+    assert 0.0 <= results["static_token_churn"] <= results["token_churn"] + 1e-9 <= 1.0 + 1e-9
     # the report's numbers are those of the model on these frames
     model = load_tokenizer(ckpt_path)
     ds = EpisodeFrames(recorded_episodes(episodes), 16)
@@ -245,3 +246,29 @@ def test_ddp_ranks_keep_one_codebook(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = report.read_text().split()
     assert lines[0:2] == ["gradient", "same=True"] and lines[3:5] == ["ema", "same=True"]
+
+
+class _StillEpisode:
+    """An episode whose frames are all the same picture (or, with ``moving``, a box that walks)."""
+
+    def __init__(self, moving: bool) -> None:
+        frames, _ = synthetic_frames(5, 16, seed=3)
+        self.frames_ = np.repeat(frames[:1], 6, axis=0) if not moving else frames
+        self.num_frames = len(self.frames_)
+
+    def frames(self, start: int, stop: int, step: int) -> np.ndarray:
+        return self.frames_[start:stop:step]
+
+
+def test_token_churn_is_zero_on_a_still_scene_and_counts_code_flips() -> None:
+    from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
+
+    torch.manual_seed(0)
+    model = VQModel(TokenizerModelConfig(image_size=16, grid_size=4, base_channels=8, channel_mult=[1, 2, 2]))
+    still = eval_tokenizer.token_churn(model, [_StillEpisode(moving=False)])
+    assert still == {"token_churn": 0.0, "static_token_churn": 0.0, "static_token_share": 1.0}
+    moving = eval_tokenizer.token_churn(model, [_StillEpisode(moving=True)])
+    frames = torch.from_numpy(_StillEpisode(moving=True).frames_).permute(0, 3, 1, 2).float() / 255.0
+    codes = model.eval().encode(frames)
+    assert moving["token_churn"] == pytest.approx(float((codes[1:] != codes[:-1]).float().mean()))
+    assert moving["static_token_share"] < 1.0  # the gripper moves

@@ -10,6 +10,8 @@
 #
 #   recipes/train_default_model.sh                        # defaults below
 #   WORK=/data/mv HOURS=8 TOK_STEPS=20000 MV_STEPS=8000 recipes/train_default_model.sh
+#   WORK=/tmp/smoke HOURS=0.02 TOK_STEPS=2 MV_STEPS=2 EVAL_EPISODES=1 EVAL_ARGS="--max-steps 1" \
+#       recipes/train_default_model.sh               # a minutes-long check that every stage runs
 #   GPU users: the same, with more steps; the commands pick CUDA when it is there.
 set -euo pipefail
 
@@ -18,6 +20,7 @@ HOURS=${HOURS:-4}                         # simulated robot-hours of exploration
 TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 frames)
 MV_STEPS=${MV_STEPS:-1500}                # MaskViT optimizer steps (batch 32 clips)
 EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
+EVAL_ARGS=${EVAL_ARGS:-}                  # extra mpc-eval arguments, e.g. "--max-steps 5"
 BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}
 
 mkdir -p "$WORK"
@@ -45,5 +48,5 @@ echo "== 4/5 export"
 
 echo "== 5/5 closed-loop evaluation ($EPISODES push episodes)"
 "$BIN/mpc-eval" --task push --episodes "$EPISODES" --seed 0 --predictor "$WORK/predictor.ts" \
-    --out "$WORK/eval.json"
+    --out "$WORK/eval.json" $EVAL_ARGS
 echo "done: $WORK/predictor.ts"

@@ -103,4 +103,6 @@ def test_maskvit_presets_are_consistent_with_their_clips():
     for name in ("default", "maskvit_cpu", "maskvit_robonet", "maskvit_bair"):
         cfg = load_config(name)
         assert cfg.data.clip_length == cfg.maskvit.context_frames + cfg.maskvit.future_frames, name
-    assert load_config("maskvit_bair").maskvit.d_model == load_config("maskvit_robonet").maskvit.d_model  # base
+    assert (
+        load_config("maskvit_bair").maskvit.d_model == load_config("maskvit_robonet").maskvit.d_model
+    )  # base

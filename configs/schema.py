@@ -299,6 +299,10 @@ class TokenizerConfig(_Strict):
     dead_code_steps: int = Field(200, ge=0)  # code unused this many steps: restart it (0: never)
     fsq_levels: list[int] = Field(default_factory=lambda: [8, 8, 8], min_length=1, max_length=8)
     learned_background: bool = True  # decoder position embedding + background image: codes go to objects
+    # group: GroupNorm as in VQ-GAN (image-wide statistics: codes on an unchanged table flip when the
+    # gripper moves elsewhere); channel: per-pixel LayerNorm, codes depend only on nearby pixels
+    norm: Literal["group", "channel"] = "group"
+    encoder_token_kernel: Literal[1, 3] = 3  # 1: no 3x3 layers at token resolution: a smaller receptive field
     # losses
     recon_loss: Literal["l1", "l2"] = (
         "l2"  # l2 is what PSNR measures; it raised PSNR faster than l1 in trials

@@ -65,6 +65,14 @@ class TokenizerModelConfig:
     # learned position embedding at the decoder's token grid plus a learned background image added to
     # its output; False in checkpoints written before the option existed
     learned_background: bool = False
+    # "group": GroupNorm, as VQ-GAN; it normalises over the whole image, so a gripper moving anywhere
+    # shifts every position's latent and flips codes on unchanged table (measured: 56% of the codes of
+    # bit-identical patches flip between frames). "channel": each pixel normalised over its channels.
+    norm: str = "group"
+    # kernel of the encoder's layers at token resolution; 1 keeps each code a function of its own patch
+    # and the receptive field of the higher-resolution layers (about two tokens on each side at 64x64
+    # frames and 8x8 tokens), so with "channel" norms a change far away cannot flip it
+    encoder_token_kernel: int = 3
 
     @classmethod
     def from_config(cls, cfg: TokenizerConfig) -> TokenizerModelConfig:
@@ -101,18 +109,37 @@ def _groups(channels: int) -> int:
     return math.gcd(32, channels)
 
 
-class ResBlock(nn.Module):
-    """Pre-activation residual block: (GroupNorm, SiLU, conv3x3) twice, 1x1 skip when widths differ."""
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (B, C, H, W): no statistics shared across positions."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(_groups(channels), channels)
+    if kind == "channel":
+        return ChannelNorm(channels)
+    raise UserError(f"tokenizer norm must be 'group' or 'channel', got {kind!r}")
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (norm, SiLU, conv) twice, 1x1 skip when widths differ."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str = "group", kernel: int = 3) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(_groups(c_in), c_in),
+            _norm(norm, c_in),
             nn.SiLU(),
-            nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.GroupNorm(_groups(c_out), c_out),
+            nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2),
+            _norm(norm, c_out),
             nn.SiLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.Conv2d(c_out, c_out, kernel, padding=kernel // 2),
         )
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -128,17 +155,19 @@ class Encoder(nn.Module):
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
         c = widths[0]
+        k = cfg.encoder_token_kernel
         for level, width in enumerate(widths):
+            last = level == len(widths) - 1  # token resolution
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(c, width))
+                layers.append(ResBlock(c, width, cfg.norm, k if last else 3))
                 c = width
-            if level < len(widths) - 1:
+            if not last:
                 layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # learned 2x downsampling
         layers += [
-            ResBlock(c, c),
-            nn.GroupNorm(_groups(c), c),
+            ResBlock(c, c, cfg.norm, k),
+            _norm(cfg.norm, c),
             nn.SiLU(),
-            nn.Conv2d(c, out_dim, 3, padding=1),
+            nn.Conv2d(c, out_dim, k, padding=k // 2),
         ]
         self.net = nn.Sequential(*layers)
 
@@ -162,10 +191,10 @@ class Decoder(nn.Module):
         size = cfg.image_size
         self.position = nn.Parameter(torch.zeros(1, c, grid, grid)) if cfg.learned_background else None
         self.background = nn.Parameter(torch.zeros(1, 3, size, size)) if cfg.learned_background else None
-        layers: list[nn.Module] = [ResBlock(c, c)]
+        layers: list[nn.Module] = [ResBlock(c, c, cfg.norm)]
         for level in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(c, widths[level]))
+                layers.append(ResBlock(c, widths[level], cfg.norm))
                 c = widths[level]
             if level > 0:
                 # nearest-neighbour upsampling then a conv (no checkerboard artefacts of transposed
@@ -176,7 +205,7 @@ class Decoder(nn.Module):
                     nn.Conv2d(c, widths[level - 1], 3, padding=1),
                 ]
                 c = widths[level - 1]
-        layers += [nn.GroupNorm(_groups(c), c), nn.SiLU()]
+        layers += [_norm(cfg.norm, c), nn.SiLU()]
         self.net = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(c, 3, 3, padding=1)  # its weight drives the GAN's adaptive weight
 

@@ -27,6 +27,7 @@ VARIANTS = {
     "vq-cosine-ema": {"quantizer": "vq", "cosine_codes": True, "codebook_update": "ema"},
     "fsq": {"quantizer": "fsq", "fsq_levels": [5, 4, 3]},
     "fsq-background": {"quantizer": "fsq", "fsq_levels": [5, 4, 3], "learned_background": True},
+    "fsq-local": {"quantizer": "fsq", "fsq_levels": [5, 4, 3], "norm": "channel", "encoder_token_kernel": 1},
 }
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -284,3 +285,24 @@ def test_bf16_autocast_keeps_the_quantizer_in_fp32() -> None:
     assert out.reconstruction.dtype == torch.bfloat16  # the decoder itself runs in bf16
     out.reconstruction.float().mean().backward()
     assert model.encoder.net[0].weight.grad is not None
+
+
+def test_a_local_encoder_keeps_the_codes_of_unchanged_patches() -> None:
+    """With per-pixel norms a code depends only on the pixels within the encoder's receptive field: a
+    change in one corner of a 64x64 frame leaves the far corner's latent exactly as it was, while the
+    image-wide GroupNorm carries it everywhere."""
+    torch.manual_seed(0)
+    size = {"image_size": 64, "grid_size": 8, "base_channels": 8, "channel_mult": [1, 2, 2, 2]}
+    local = VQModel(
+        tiny(**size, quantizer="fsq", fsq_levels=[5, 4, 3], norm="channel", encoder_token_kernel=1)
+    )
+    wide = VQModel(tiny(**size, quantizer="fsq", fsq_levels=[5, 4, 3]))
+    frames = torch.rand(1, 3, 64, 64)
+    changed = frames.clone()
+    changed[..., :8, :8] = torch.rand(1, 3, 8, 8)  # the top-left token's patch
+    for model, unchanged in ((local.eval(), True), (wide.eval(), False)):
+        z, z_new = model.encoder(frames * 2 - 1), model.encoder(changed * 2 - 1)
+        assert torch.equal(z[..., 5:, 5:], z_new[..., 5:, 5:]) == unchanged
+        assert not torch.equal(z[..., 0, 0], z_new[..., 0, 0])  # the changed patch's own latent moves
+    codes, new = local.encode(frames), local.encode(changed)
+    assert torch.equal(codes[:, 5:, 5:], new[:, 5:, 5:])

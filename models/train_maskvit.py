@@ -159,10 +159,10 @@ def _train(
     # every frame is encoded once (rank 0 writes the cache, the others read it)
     episodes = [e for part in (*clips.train.datasets, *clips.val.datasets) for e in part.episodes]
     tokenizer_id = file_digest(tok_path)
-    if ctx.is_main:
-        TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes)
+    cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes) if ctx.is_main else None
     ctx.barrier()
-    cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes, progress=False)
+    if cache is None:
+        cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes, progress=False)
     train_tokens = token_datasets(clips.train, cache)
     val_tokens = token_datasets(clips.val, cache)
 

@@ -227,7 +227,7 @@ def run_episode(
     # The actions the arm applied between consecutive context frames (None: unknown, "hold"), which a
     # learned predictor conditions on as it was trained to.
     past: collections.deque[np.ndarray | None] = collections.deque(
-        [None] * (cfg.context_frames - 1), maxlen=max(1, cfg.context_frames - 1)
+        [None] * max(1, cfg.context_frames - 1), maxlen=max(1, cfg.context_frames - 1)
     )
     if judge is not None:
         episode.initial_judgement = judge()
@@ -244,7 +244,7 @@ def run_episode(
                     break
                 frame = camera.read(timeout_s=timeout)  # the scene may have changed during the pause
                 context.append(frame.rgb)
-                past.append(_hold(past))  # nothing was commanded between the two frames
+                past.append(_hold(past[-1]))  # nothing was commanded between the two frames
                 t0 = time.perf_counter()
             sent = applied = None
             clipped = False
@@ -281,7 +281,7 @@ def run_episode(
                 on_step(record)
             frame = next_frame
             context.append(frame.rgb)
-            past.append(np.asarray(applied, np.float32) if applied is not None else _hold(past))
+            past.append(np.asarray(applied, np.float32) if applied is not None else _hold(past[-1]))
             if judgement is not None and judgement.success and cfg.stop_on_success:
                 episode.stopped_by = "success"
                 break
@@ -311,25 +311,19 @@ def _stop_arm(arm: Arm) -> None:
         log.warning("could not stop the arm: %s", exc)
 
 
-def _hold(past: collections.deque[np.ndarray | None]) -> np.ndarray | None:
-    """No motion, the gripper where the last known action left it (None while nothing is known)."""
-    known = [a for a in past if a is not None]
-    if not known:
+def _hold(like: np.ndarray | None) -> np.ndarray | None:
+    """No motion, the gripper where action ``like`` left it (None when nothing is known)."""
+    if like is None:
         return None
-    hold = np.zeros_like(known[-1])
-    hold[-1] = known[-1][-1]
+    hold = np.zeros_like(like)
+    hold[-1] = like[-1]
     return hold
 
 
 def _context_actions(past: collections.deque[np.ndarray | None], context_frames: int) -> np.ndarray | None:
     """(Tc - 1, 5) applied actions between the context frames; None before any is known. Unknown early
     entries are "hold" with the gripper of the first known action."""
-    if context_frames < 2:
-        return None
     known = [a for a in past if a is not None]
-    if not known:
+    if context_frames < 2 or not known:
         return None
-    first = known[0]
-    hold = np.zeros_like(first)
-    hold[-1] = first[-1]
-    return np.stack([hold if a is None else a for a in past])
+    return np.stack([_hold(known[0]) if a is None else a for a in past])

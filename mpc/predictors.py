@@ -258,14 +258,14 @@ class TorchScriptPredictor(Predictor):
         return torch.cat(parts), False
 
     def _clip_actions(self, actions: np.ndarray, past: np.ndarray | None) -> np.ndarray:
-        """(B, horizon, 5) -> (B, C - 1 + F, 5): the applied past actions (or hold) before the horizon,
-        hold after it."""
+        """(B, horizon, 5) and past (B | 1, C - 1, 5) -> (B, C - 1 + F, 5): the applied past actions (or
+        hold) before the horizon, hold after it."""
         B, horizon, _ = actions.shape
         C, F = self.metadata.context_frames, self.metadata.future_frames
         clip = np.zeros((B, C - 1 + F, ACTION_DIM), np.float32)
         clip[:, C - 1 : C - 1 + horizon] = actions
         if past is not None:
-            clip[:, : C - 1] = past[:1] if len(past) != B else past
+            clip[:, : C - 1] = past  # (B | 1, C - 1, 5)
         else:
             clip[:, : C - 1, -1] = actions[:, :1, -1]  # gripper held at its first planned command
         clip[:, C - 1 + horizon :, -1] = actions[:, -1:, -1]
@@ -323,12 +323,11 @@ class TorchScriptPredictor(Predictor):
         with torch.inference_mode():
             C = meta.context_frames
             past = None if context_actions is None else np.asarray(context_actions, np.float32)[:, Tc - C :]
-            if past is not None and not (past == past[:1]).all():
-                raise PredictorError("context_actions must be the same for every sample of one context")
+            one_past = past is None or bool((past == past[:1]).all())
             context, shared = self._context_tokens(
                 context_frames[:, Tc - C :], None if past is None else past[0]
             )
-            if not shared:
+            if not (shared and one_past):  # samples with their own contexts or pasts: no rollout cache
                 tokens = self._predict_tokens(context, actions, past)
             else:
                 # A sequence already scored from this context (the best plan, whose rollout the planner
@@ -346,7 +345,7 @@ class TorchScriptPredictor(Predictor):
                             self._predict_tokens(
                                 context,
                                 actions[list(new.values())],
-                                None if past is None else past[: len(new)],
+                                None if past is None else past[:1],
                             ),
                             strict=True,
                         )

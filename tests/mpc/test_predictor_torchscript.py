@@ -197,5 +197,13 @@ def test_applied_past_actions_condition_the_prediction(predictor_file: Path) -> 
     # the same frames with other past actions are other rollouts, not the cached ones
     hold = predictor.predict(batch_context, actions)
     np.testing.assert_array_equal(hold, _expected(predictor_file, context, actions))
+    # samples may carry their own pasts: each is rolled out with its own
+    mixed = past.copy()
+    mixed[1] = 0.0
+    clip[1, : CONTEXT - 1] = 0.0
+    expected_mixed = module(torch.from_numpy(context), torch.from_numpy(clip)).numpy()
+    np.testing.assert_array_equal(
+        predictor.predict(batch_context, actions, context_actions=mixed), expected_mixed
+    )
     with pytest.raises(PredictorError, match="context_actions must be"):
         predictor.predict(batch_context, actions, context_actions=past[:, :0])

@@ -363,6 +363,10 @@ class MaskViTConfig(_Strict):
     # input: a projection of action t is added to every token of frame t+1 before the first block;
     # every_block: each block adds its own projection; none: action-free model (no action weights)
     action_conditioning: Literal["none", "input", "every_block"] = "input"
+    # Divisor per action component (dx, dy, dz m; dyaw rad; gripper) before the projection: the default
+    # step limits put every component in [-1, 1]. Unscaled, the table-plane motions (std ~0.03 m) were
+    # ~30x weaker inputs than the gripper (+-1) and the trained model's rollouts barely followed them.
+    action_scale: list[float] = [0.05, 0.05, 0.05, 0.3, 1.0]
     context_frames: int = Field(2, ge=1)  # observed frames (VP2 planner default: 2)
     future_frames: int = Field(10, ge=1)  # predicted frames; planning needs a horizon of at least 8
     # masked-visual-modeling objective (models/masking.py)
@@ -423,6 +427,10 @@ class MaskViTConfig(_Strict):
                 )
         if len({i % n for i in self.extra_visible_frames}) >= self.future_frames:
             raise ValueError("extra_visible_frames must leave at least one future frame to predict")
+        if len(self.action_scale) != 5 or min(self.action_scale) <= 0:
+            raise ValueError(
+                f"action_scale needs 5 positive values (dx, dy, dz, dyaw, gripper), got {self.action_scale}"
+            )
         return self
 
 

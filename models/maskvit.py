@@ -62,8 +62,18 @@ class MaskViTModelConfig:
     st_window_w: int = 4
     action_conditioning: Literal["none", "input", "every_block"] = "input"
     action_dim: int = ACTION_DIM
+    # Per-component divisor applied to actions before their projection, so that every component reaches
+    # the network at a similar scale (raw metres are ~30x smaller than the gripper's +-1). None: no
+    # scaling (checkpoints written before the field existed).
+    action_scale: list[float] | None = None
 
     def __post_init__(self) -> None:
+        if self.action_scale is not None:
+            self.action_scale = [float(v) for v in self.action_scale]
+            if len(self.action_scale) != self.action_dim or min(self.action_scale) <= 0:
+                raise MaskViTInputError(
+                    f"action_scale needs {self.action_dim} positive values, got {self.action_scale}"
+                )
         if self.d_model % self.n_heads:
             raise MaskViTInputError(
                 f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
@@ -102,6 +112,7 @@ class MaskViTModelConfig:
             st_window_h=cfg.st_window[0],
             st_window_w=cfg.st_window[1],
             action_conditioning=cfg.action_conditioning,
+            action_scale=list(cfg.action_scale),
         )
 
     @classmethod
@@ -219,7 +230,8 @@ class MaskViT(nn.Module):
     """The transformer. ``forward(tokens, actions)`` -> logits over the codebook at every position.
 
     tokens: (B, T, h, w) long, codebook indices or ``mask_token``; T <= num_frames.
-    actions: (B, T-1, action_dim) float (metres / radians / gripper in [-1, 1]) or None (action-free).
+    actions: (B, T-1, action_dim) float (metres / radians / gripper in [-1, 1]) or None (action-free);
+        divided by ``config.action_scale`` inside, so callers pass them as the robot commands them.
     returns: (B, T, h, w, codebook_size) float logits ([MASK] is never predicted).
     """
 
@@ -233,6 +245,9 @@ class MaskViT(nn.Module):
         self.grid_w = cfg.grid_w
         self.num_frames = cfg.num_frames
         self.action_dim = cfg.action_dim
+        scale = cfg.action_scale if cfg.action_scale is not None else [1.0] * cfg.action_dim
+        # derived from the config, so not part of the state dict
+        self.register_buffer("action_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
 
         self.tok_emb = nn.Embedding(cfg.codebook_size + 1, cfg.d_model)  # +1: [MASK]
         self.pos_spatial = nn.Parameter(torch.zeros(cfg.grid_h, cfg.grid_w, cfg.d_model))
@@ -271,7 +286,7 @@ class MaskViT(nn.Module):
                 raise MaskViTInputError(
                     f"actions must have {self.action_dim} components, got {actions.shape[2]}"
                 )
-            actions = actions.to(self.pos_temporal.dtype)
+            actions = (actions.float() / self.action_scale).to(self.pos_temporal.dtype)
 
         x = self.tok_emb(tokens)  # (B, T, h, w, d)
         x = x + self.pos_spatial + self.pos_temporal[:T, None, None, :]

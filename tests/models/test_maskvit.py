@@ -175,3 +175,31 @@ def test_config_from_the_maskvit_section_and_round_trip() -> None:
         MaskViTModelConfig.from_config(cfg.maskvit, codebook_size=512, grid=(8, 6))
     with pytest.raises(MaskViTInputError, match="unknown fields"):
         MaskViTModelConfig.from_dict({**model_cfg.to_dict(), "depth": 3})
+
+
+def test_actions_are_divided_by_the_configured_scale_before_the_projection() -> None:
+    scale = [0.05, 0.05, 0.05, 0.3, 1.0]
+    torch.manual_seed(0)
+    scaled = MaskViT(tiny_config(action_scale=scale)).eval()
+    plain = MaskViT(tiny_config()).eval()  # no scale: checkpoints from before the field
+    plain.load_state_dict(scaled.state_dict())  # the scale is config, not a weight
+    tokens, actions = random_clip()
+    with torch.no_grad():
+        assert torch.allclose(scaled(tokens, actions), plain(tokens, actions / torch.tensor(scale)), atol=1e-5)
+        assert not torch.allclose(scaled(tokens, actions), plain(tokens, actions), atol=1e-3)
+        # survives scripting (the exported predictor runs the scripted model)
+        assert torch.allclose(torch.jit.script(scaled)(tokens, actions), scaled(tokens, actions), atol=1e-6)
+    old = tiny_config().to_dict()
+    del old["action_scale"]
+    assert MaskViTModelConfig.from_dict(old).action_scale is None
+    with pytest.raises(MaskViTInputError, match="5 positive"):
+        tiny_config(action_scale=[0.05, 0.05, 0.0, 0.3, 1.0])
+
+
+def test_the_preset_scale_puts_step_limited_actions_in_unit_range() -> None:
+    cfg = load_config("default")
+    limits = cfg.safety.step_limits
+    expected = [limits.dx, limits.dy, limits.dz, limits.dyaw, 1.0]
+    assert cfg.maskvit.action_scale == pytest.approx(expected)
+    with pytest.raises(Exception, match="action_scale"):
+        load_config("default", ["maskvit.action_scale=[1,1,1]"])

@@ -185,7 +185,9 @@ def test_actions_are_divided_by_the_configured_scale_before_the_projection() -> 
     plain.load_state_dict(scaled.state_dict())  # the scale is config, not a weight
     tokens, actions = random_clip()
     with torch.no_grad():
-        assert torch.allclose(scaled(tokens, actions), plain(tokens, actions / torch.tensor(scale)), atol=1e-5)
+        assert torch.allclose(
+            scaled(tokens, actions), plain(tokens, actions / torch.tensor(scale)), atol=1e-5
+        )
         assert not torch.allclose(scaled(tokens, actions), plain(tokens, actions), atol=1e-3)
         # survives scripting (the exported predictor runs the scripted model)
         assert torch.allclose(torch.jit.script(scaled)(tokens, actions), scaled(tokens, actions), atol=1e-6)

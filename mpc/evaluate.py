@@ -20,13 +20,14 @@ from ..robot.client import ZmqArm
 from ..robot.launch import launch_sim_server
 from ..robot.zmq_camera import ZmqCamera
 from .loop import EpisodeLog
-from .predictors import PREDICTOR_NAMES, load_predictor
+from .predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, load_predictor
 from .session import SimSession
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = """
-  mpc-eval --task push --episodes 20                      # oracle, seeds 0..19
+  mpc-eval --task push --episodes 20                      # the shipped MaskViT, seeds 0..19
+  mpc-eval --task push --episodes 20 --predictor oracle   # the same scenes, the simulator as predictor
   mpc-eval --task reach --episodes 20 --predictor random --out reach-random.csv
   mpc-eval --task push --episodes 10 --seed 100 --predictor copy-last --logs runs/eval-logs
   mpc-eval --task push --episodes 4 --set planner.samples=40 --set mpc.oracle_workers=2
@@ -73,9 +74,10 @@ def _parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     parser.add_argument(
         "--predictor",
-        default="oracle",
+        default=DEFAULT_PREDICTOR,
         metavar="NAME_OR_PATH",
-        help=f"{' | '.join(PREDICTOR_NAMES)} | random (random actions) | a TorchScript file",
+        help=f"{' | '.join(PREDICTOR_NAMES)} | random (random actions) | a TorchScript file "
+        f"(default: {DEFAULT_PREDICTOR}, the shipped model)",
     )
     parser.add_argument(
         "--out",

@@ -12,8 +12,9 @@ Every implementation is batched and shares one contract:
 ``frame_indices`` lets a cost ask for only the frames it scores; predictors that cannot skip frames
 simply select them from their full output.
 
-:func:`load_predictor` resolves a command-line name (``oracle``, ``copy-last``) or the path of a file
-written by ``export-predictor`` (:class:`TorchScriptPredictor`).
+:func:`load_predictor` resolves a command-line name (``maskvit``: the model shipped with the package;
+``oracle``; ``copy-last``) or the path of a file written by ``export-predictor``
+(:class:`TorchScriptPredictor`).
 """
 
 from __future__ import annotations
@@ -124,11 +125,30 @@ class CopyLastPredictor(Predictor):
         return np.repeat(last, len(indices), axis=1)
 
 
-PREDICTOR_NAMES = ("oracle", "copy-last")
+PREDICTOR_NAMES = ("maskvit", "oracle", "copy-last")
+DEFAULT_PREDICTOR = "maskvit"
+# The shipped model: MaskViT trained on simulated push data (recipes/train_default_model.sh), package data
+DEFAULT_MODEL_FILE = "push_sim64.ts"
+
+
+def default_model_path() -> Path:
+    """Where the shipped MaskViT predictor lies (``maskvit_mpc/models/weights/``); it may be missing."""
+    from importlib.resources import files
+
+    return Path(str(files("maskvit_mpc.models") / "weights" / DEFAULT_MODEL_FILE))
 
 
 def load_predictor(spec: str, config: Config) -> Predictor:
-    """Resolve ``--predictor``: ``oracle`` (simulation only), ``copy-last``, or an export-predictor file."""
+    """Resolve ``--predictor``: ``maskvit`` (the shipped model), ``oracle`` (simulation only),
+    ``copy-last``, or an export-predictor file."""
+    if spec == DEFAULT_PREDICTOR:
+        path = default_model_path()
+        if not path.is_file():
+            raise PredictorError(
+                f"the shipped MaskViT model is missing ({path}): reinstall the package, or pass an exported "
+                "model with --predictor PATH (recipes/train_default_model.sh trains one)"
+            )
+        return TorchScriptPredictor(path, config)
     if spec == "copy-last":
         return CopyLastPredictor()
     if spec == "oracle":

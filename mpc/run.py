@@ -20,13 +20,14 @@ from ..robot.telemetry import JpegImage, RunMonitor
 from ..robot.zmq_camera import ZmqCamera
 from .loop import EpisodeLog, StepRecord, run_episode
 from .planner import PlanStep
-from .predictors import PREDICTOR_NAMES, load_predictor
+from .predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, load_predictor
 from .session import SimSession, load_goal_image, make_policy
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = """
-  mpc-run --task push --sim --seed 3                    # the task draws the goal; prints success
+  mpc-run --task push --sim --seed 3                    # the shipped MaskViT plans; prints success
+  mpc-run --task push --sim --seed 3 --predictor oracle # the simulator itself as the predictor
   mpc-run --task reach --sim --predictor copy-last --max-steps 5 --out runs/reach3
   mpc-run --task push --sim --goal goal.png --dry-run   # plan and log, move nothing
   mpc-run --task push --goal goal.png --predictor model.pt   # a running arm-server (bridge.* ports)
@@ -56,9 +57,10 @@ def _parser():
     parser.add_argument("--seed", type=int, default=0, help="episode seed (scene, goal and planner noise)")
     parser.add_argument(
         "--predictor",
-        default="oracle",
+        default=DEFAULT_PREDICTOR,
         metavar="NAME_OR_PATH",
-        help=f"{' | '.join(PREDICTOR_NAMES)} | a TorchScript file (oracle needs --sim)",
+        help=f"{' | '.join(PREDICTOR_NAMES)} | a TorchScript file (default: {DEFAULT_PREDICTOR}, the model "
+        "shipped with the package, trained on simulated pushes; oracle needs --sim)",
     )
     parser.add_argument("--dry-run", action="store_true", help="plan and log, but send no motion to the arm")
     parser.add_argument("--out", type=Path, help="log folder (default runs/mpc-run/<task>-seed<S>-<time>)")

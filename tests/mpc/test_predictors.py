@@ -56,3 +56,11 @@ def test_predictor_registry(tmp_path):
         load_predictor(str(scripted), cfg)
     with pytest.raises(PredictorError, match="directory"):
         load_predictor(str(tmp_path), cfg)
+
+
+def test_the_default_name_loads_the_shipped_file_and_a_missing_one_says_what_to_do(tmp_path, monkeypatch):
+    from maskvit_mpc.mpc import predictors
+
+    monkeypatch.setattr(predictors, "default_model_path", lambda: tmp_path / "missing.ts")
+    with pytest.raises(PredictorError, match="shipped MaskViT model is missing.*--predictor PATH"):
+        load_predictor(predictors.DEFAULT_PREDICTOR, load_config("default"))

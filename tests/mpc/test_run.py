@@ -33,11 +33,12 @@ TINY = [
     "--set",
     "mpc.gif_frame_ms=50",
 ]
+ORACLE = ["--predictor", "oracle", *TINY]  # mpc-run's default, the shipped model, needs 64x64 frames
 
 
 def test_sim_episode_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = run.main(["--task", "push", "--sim", "--seed", "2", "--max-steps", "2", "--out", str(out), *TINY])
+    rc = run.main(["--task", "push", "--sim", "--seed", "2", "--max-steps", "2", "--out", str(out), *ORACLE])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "success:" in printed and "final distance" in printed
@@ -58,7 +59,7 @@ def test_sim_episode_end_to_end(tmp_path, capsys):
 
 def test_dry_run_moves_nothing(tmp_path):
     out = tmp_path / "dry"
-    rc = run.main(["--sim", "--seed", "3", "--dry-run", "--max-steps", "2", "--out", str(out), *TINY])
+    rc = run.main(["--sim", "--seed", "3", "--dry-run", "--max-steps", "2", "--out", str(out), *ORACLE])
     assert rc == 0
     doc = json.loads((out / "episode.json").read_text())
     assert doc["meta"]["arm_pose_start"] == doc["meta"]["arm_pose_end"]
@@ -113,7 +114,7 @@ def test_goal_images_are_checked(tmp_path, capsys):
         (rgb, ["--no-resize"], "48x48 but frames are 32x32"),
     ]
     for path, extra, message in cases:
-        rc = run.main(["--sim", "--goal", str(path), "--out", str(tmp_path / "x"), *extra, *TINY])
+        rc = run.main(["--sim", "--goal", str(path), "--out", str(tmp_path / "x"), *extra, *ORACLE])
         assert rc == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err

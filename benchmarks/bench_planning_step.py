@@ -11,6 +11,7 @@ Reported: the median seconds of a planning step, of which inside the predictor, 
 forward passes per step. Prints a markdown table and the command.
 
     nice python benchmarks/bench_planning_step.py --threads 2
+    nice python benchmarks/bench_planning_step.py --predictor maskvit --steps 1 2   # the shipped model
     nice python benchmarks/bench_planning_step.py --sizes 128x2 192x3 --steps 1 2 4 --batches 64 200
 """
 
@@ -35,7 +36,7 @@ from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
 from maskvit_mpc.models.training import save_checkpoint
 from maskvit_mpc.mpc.optimizers import ActionBounds
 from maskvit_mpc.mpc.planner import VisualMPCPolicy
-from maskvit_mpc.mpc.predictors import load_predictor
+from maskvit_mpc.mpc.predictors import default_model_path, load_predictor
 
 
 def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) -> Path:
@@ -105,6 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["128x2", "192x3"], help="MaskViT d_model x blocks")
     parser.add_argument(
+        "--predictor",
+        help="time this exported predictor (a file, or maskvit: the shipped one) instead of random --sizes",
+    )
+    parser.add_argument(
         "--steps", nargs="+", type=int, default=[1, 2, 4], help="decoding steps per prediction"
     )
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
@@ -123,9 +128,14 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
-            d, blocks = (int(v) for v in size.split("x"))
-            path = _export(Path(tmp) / size, d, blocks, args.context, args.future)
+        for size in [args.predictor] if args.predictor else args.sizes:
+            if args.predictor:
+                path = default_model_path() if args.predictor == "maskvit" else Path(args.predictor)
+                label = f"{path.name} (trained)"
+            else:
+                d, blocks = (int(v) for v in size.split("x"))
+                path = _export(Path(tmp) / size, d, blocks, args.context, args.future)
+                label = f"d {d}, {blocks} blocks"
             for precision in args.precisions:
                 for steps, batch, temperature in itertools.product(
                     args.steps, args.batches, args.temperatures
@@ -141,7 +151,7 @@ def main() -> None:
                     ]
                     t = _plan_times(path, overrides, args.repeats, seed=0)
                     row = {
-                        "model": f"d {d}, {blocks} blocks",
+                        "model": label,
                         "precision": precision,
                         "decode steps": str(steps),
                         "temperature": f"{temperature:g}",

@@ -125,7 +125,7 @@ class CopyLastPredictor(Predictor):
         return np.repeat(last, len(indices), axis=1)
 
 
-PREDICTOR_NAMES = ("maskvit", "oracle", "copy-last")
+PREDICTOR_NAMES = ("maskvit", "oracle", "copy-last", "oracle-tokenized")
 DEFAULT_PREDICTOR = "maskvit"
 # The shipped model: MaskViT trained on simulated push data (recipes/train_default_model.sh), package data
 DEFAULT_MODEL_FILE = "push_sim64.ts"
@@ -151,6 +151,16 @@ def load_predictor(spec: str, config: Config) -> Predictor:
         return TorchScriptPredictor(path, config)
     if spec == "copy-last":
         return CopyLastPredictor()
+    if spec == "oracle-tokenized" or spec.startswith("oracle-tokenized:"):
+        model = spec.partition(":")[2] or DEFAULT_PREDICTOR
+        tokenizer = load_predictor(model, config)
+        if not isinstance(tokenizer, TorchScriptPredictor):
+            raise PredictorError(f"oracle-tokenized:PATH needs an export-predictor file, got {model!r}")
+        try:
+            return TokenizedPredictor(load_predictor("oracle", config), tokenizer)
+        except BaseException:
+            tokenizer.close()
+            raise
     if spec == "oracle":
         from .oracle import OraclePredictor  # imports MuJoCo: only when asked for
 
@@ -384,3 +394,46 @@ class TorchScriptPredictor(Predictor):
     def close(self) -> None:
         self._context = None
         self._rollouts.clear()
+
+
+class TokenizedPredictor(Predictor):
+    """Diagnostic: another predictor's frames passed through an export's tokenizer (encode, then decode).
+
+    ``--predictor oracle-tokenized`` plans with the simulator's true futures as the tokenizer would
+    reconstruct them: its success rate against the plain oracle's is what the tokenizer alone costs the
+    planner, and against the learned model's is what the prediction of the codes costs.
+    """
+
+    def __init__(self, inner: Predictor, tokenizer: TorchScriptPredictor) -> None:
+        self.inner = inner
+        self.tokenizer = tokenizer
+        self.name = f"{inner.name}-tokenized:{tokenizer.path.name}"
+        self.needs_sim_state = inner.needs_sim_state
+
+    def set_sim_state(self, state: bytes) -> None:
+        self.inner.set_sim_state(state)
+
+    def predict(
+        self,
+        context_frames: np.ndarray,
+        actions: np.ndarray,
+        frame_indices: Sequence[int] | None = None,
+        context_actions: np.ndarray | None = None,
+    ) -> np.ndarray:
+        frames = self.inner.predict(context_frames, actions, frame_indices, context_actions)
+        module = self.tokenizer.module
+        torch = self.tokenizer._torch
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        out = []
+        for start in range(0, len(flat), self.tokenizer.batch_size):
+            codes = module.encode_context(
+                torch.from_numpy(np.ascontiguousarray(flat[start : start + self.tokenizer.batch_size]))
+            )
+            out.append(module.decode_frames(codes).numpy())
+        return np.concatenate(out).reshape(frames.shape)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.tokenizer.close()

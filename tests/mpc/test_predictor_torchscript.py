@@ -207,3 +207,30 @@ def test_applied_past_actions_condition_the_prediction(predictor_file: Path) -> 
     )
     with pytest.raises(PredictorError, match="context_actions must be"):
         predictor.predict(batch_context, actions, context_actions=past[:, :0])
+
+
+def test_oracle_tokenized_returns_the_oracle_frames_as_the_tokenizer_reconstructs_them(predictor_file):
+    from maskvit_mpc.mpc.predictors import TokenizedPredictor
+    from maskvit_mpc.robot.sim import TabletopSim, make_task
+
+    cfg = _config()
+    sim = TabletopSim(cfg.sim, cfg.safety)
+    state = make_task(cfg.task).sample(sim, seed=3).initial_state
+    sim.close()
+    actions = _actions(4)
+    context = np.repeat(_context()[None], 4, axis=0)
+    with load_predictor(f"oracle-tokenized:{predictor_file}", cfg) as tokenized:
+        assert isinstance(tokenized, TokenizedPredictor) and tokenized.needs_sim_state
+        tokenized.set_sim_state(state)
+        got = tokenized.predict(context, actions, frame_indices=[0, FUTURE - 1])
+    with load_predictor("oracle", cfg) as oracle:
+        oracle.set_sim_state(state)
+        truth = oracle.predict(context, actions, frame_indices=[0, FUTURE - 1])
+    module = torch.jit.load(str(predictor_file))
+    flat = torch.from_numpy(truth.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3))
+    expected = module.decode_frames(module.encode_context(flat)).numpy().reshape(truth.shape)
+    assert got.shape == truth.shape and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, truth)  # a tiny random tokenizer cannot reproduce the frames
+    with pytest.raises(PredictorError, match="export-predictor file"):
+        load_predictor("oracle-tokenized:copy-last", cfg)

@@ -9,7 +9,6 @@ object-position error (see :mod:`.prediction_eval`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -26,7 +25,7 @@ from .data import make_datasets
 from .maskvit import maskvit_from_checkpoint
 from .prediction_eval import clip_segmentation, evaluate_predictions
 from .tokenizer import tokenizer_from_checkpoint
-from .training import autocast, load_checkpoint
+from .training import autocast, load_checkpoint, write_report
 
 log = logging.getLogger("eval-maskvit")
 
@@ -127,17 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(
         checkpoint=str(args.checkpoint), tokenizer=str(tok_path), clips=len(picks), split=args.split
     )
-    for key, value in results.items():
-        if isinstance(value, dict):
-            print(key)
-            for k, v in value.items():
-                print(f"  {k:<32} {v:.4f}")
-        else:
-            print(f"{key:<34} {value}")
-    out = args.json or Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    log.info("wrote %s", out)
+    write_report(results, args.checkpoint, args.json)
     return 0
 
 

@@ -7,7 +7,6 @@ pixels that change within the episode on real data), and the share of codes used
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -25,7 +24,7 @@ from ..configs.schema import DataConfig
 from .frame_data import EpisodeFrames, frame_datasets
 from .metrics import CodeCounter, masked_psnr, psnr, ssim
 from .tokenizer import VQModel, tokenizer_from_checkpoint
-from .training import load_checkpoint
+from .training import load_checkpoint, write_report
 
 log = logging.getLogger("eval-tokenizer")
 
@@ -166,14 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     results.update(token_churn(model, base.episodes, device=device))
     results.update(checkpoint=str(args.checkpoint), data=[str(d) for d in args.data], split=args.split)
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else value
-        print(f"{key:<{width}}  {shown}")
-    out = args.json or Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    log.info("wrote %s", out)
+    write_report(results, args.checkpoint, args.json)
     return 0
 
 

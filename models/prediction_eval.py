@@ -141,8 +141,7 @@ def object_position_errors(
 
 
 def _nanmean(x: Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return float(x.mean()) if x.numel() else math.nan
+    return float(torch.nanmean(x.float()))  # NaN when there is nothing to measure
 
 
 @torch.no_grad()

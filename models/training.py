@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ __all__ = [
     "load_checkpoint",
     "lr_at",
     "nanmean",
+    "write_report",
     "prune_checkpoints",
     "resume_point",
     "run_loop",
@@ -309,6 +311,25 @@ def prune_checkpoints(out: str | Path, keep: int = 3) -> None:
     )
     for _, old in found[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def write_report(results: dict[str, Any], checkpoint: str | Path, json_path: Path | None) -> Path:
+    """Print an evaluation's results (nested sections indented) and write them as JSON: to ``json_path``,
+    or beside the checkpoint as ``<stem>_eval.json``. Returns the file written."""
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        if isinstance(value, dict):
+            print(key)
+            inner = max(len(k) for k in value) if value else 0
+            for k, v in value.items():
+                print(f"  {k:<{inner}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{inner}}  {v}")
+        else:
+            print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    out = json_path or Path(checkpoint).with_name(Path(checkpoint).stem + "_eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    log.info("wrote %s", out)
+    return out
 
 
 def nanmean(values: list[float]) -> float:

@@ -367,6 +367,9 @@ class MaskViTConfig(_Strict):
     # step limits put every component in [-1, 1]. Unscaled, the table-plane motions (std ~0.03 m) were
     # ~30x weaker inputs than the gripper (+-1) and the trained model's rollouts barely followed them.
     action_scale: list[float] = [0.05, 0.05, 0.05, 0.3, 1.0]
+    # Also condition frame t+1 on the sum of the actions since the clip's first frame (its displacement
+    # from a visible context frame), not only on the last action.
+    action_cumulative: bool = False
     context_frames: int = Field(2, ge=1)  # observed frames (VP2 planner default: 2)
     future_frames: int = Field(10, ge=1)  # predicted frames; planning needs a horizon of at least 8
     # masked-visual-modeling objective (models/masking.py)

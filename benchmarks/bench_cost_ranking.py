@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 
 import numpy as np
@@ -25,6 +24,7 @@ from maskvit_mpc.mpc.costs import ImageCost
 from maskvit_mpc.mpc.optimizers import ActionBounds, correlated_noise, finalize_actions, initial_mean
 from maskvit_mpc.mpc.predictors import load_predictor
 from maskvit_mpc.robot.sim import TabletopSim, make_task
+from report import command_line
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +113,7 @@ def main() -> None:
     for predictor in predictors.values():
         predictor.close()
 
-    print(f"`python {shlex.join(sys.argv)}`  ")
+    print(f"{command_line()}  ")
     print(f"{platform.machine()}, torch {torch.__version__}; {args.scenes} push scenes from seed {args.seed}, "
           f"{args.samples} sequences each (horizon {horizon}), cost on the last frame\n")  # fmt: skip
     print(

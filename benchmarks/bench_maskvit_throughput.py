@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
-import shlex
 import sys
 import time
 
@@ -25,6 +24,7 @@ import torch
 from maskvit_mpc.configs.schema import MaskViTConfig
 from maskvit_mpc.models.masking import MVMObjective
 from maskvit_mpc.models.maskvit import MaskViT, MaskViTModelConfig
+from report import command_line, markdown_table
 
 
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -106,15 +106,11 @@ def main() -> None:
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
 
-    keys = list(rows[0])
-    print(f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`  ")
+    print(f"{command_line()}  ")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
           f"training: batch {args.batch} clips of {args.context}+{args.future} frames of {args.grid}x{args.grid} "
           f"tokens, {args.codebook} codes; planning pass: {args.samples} clips of {args.context}+{args.horizon} frames\n")  # fmt: skip
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(row[k] for k in keys) + " |")
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

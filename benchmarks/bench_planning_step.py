@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from maskvit_mpc.models.training import save_checkpoint
 from maskvit_mpc.mpc.optimizers import ActionBounds
 from maskvit_mpc.mpc.planner import VisualMPCPolicy
 from maskvit_mpc.mpc.predictors import default_model_path, load_predictor
+from report import command_line, markdown_table
 
 
 def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) -> Path:
@@ -165,17 +165,13 @@ def main() -> None:
 
     cfg = load_config("default", args.overrides)
     tok = TokenizerModelConfig.from_config(load_config("tokenizer_cpu").tokenizer)
-    keys = list(rows[0])
-    print(f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`  ")
+    print(f"{command_line()}  ")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
           f"tokenizer_cpu ({tok.image_size}x{tok.image_size} frames, {tok.grid_size}x{tok.grid_size} tokens, "
           f"{tok.quantizer} {tok.num_codes} codes), {args.context} context + {args.future} predicted frames; "
           f"CEM {cfg.planner.samples} samples x {cfg.planner.iterations} iterations + the best plan's rollout, "
           f"cost frames: {cfg.cost.frames}; median of {args.repeats} planning steps\n")  # fmt: skip
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(row[k] for k in keys) + " |")
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

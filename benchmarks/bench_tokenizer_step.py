@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
-import shlex
-import sys
 import time
 
 import torch
 from maskvit_mpc.configs import load_config
 from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
+from report import command_line, markdown_table
 
 
 def _step_seconds(model: VQModel, opt: torch.optim.Optimizer, frames: torch.Tensor, precision: str) -> float:
@@ -67,13 +66,9 @@ def main() -> None:
                 "bf16 / fp32": f"{best['fp32'] / best['bf16']:.2f}x",
             }
         )
-    print(f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`  ")
+    print(f"{command_line()}  ")
     print(f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}\n")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(row[k] for k in keys) + " |")
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

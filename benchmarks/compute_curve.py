@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report import command_line, markdown_table
+
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
@@ -118,12 +120,8 @@ def main() -> None:
         )
         print(rows[-1], file=sys.stderr, flush=True)
 
-    print(f"`python {shlex.join(sys.argv)}`\n")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(row[k] for k in keys) + " |")
+    print(f"{command_line()}\n")
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

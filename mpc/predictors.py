@@ -391,6 +391,16 @@ class TorchScriptPredictor(Predictor):
             ]
         return np.concatenate(frames)
 
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames (..., S, S, 3) -> the same frames encoded and decoded by this model's tokenizer."""
+        torch = self._torch
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        out = []
+        for start in range(0, len(flat), self.batch_size):
+            chunk = np.array(flat[start : start + self.batch_size])  # writable, contiguous
+            out.append(self.module.decode_frames(self.module.encode_context(torch.from_numpy(chunk))).numpy())
+        return np.concatenate(out).reshape(frames.shape)
+
     def close(self) -> None:
         self._context = None
         self._rollouts.clear()
@@ -421,16 +431,7 @@ class TokenizedPredictor(Predictor):
         context_actions: np.ndarray | None = None,
     ) -> np.ndarray:
         frames = self.inner.predict(context_frames, actions, frame_indices, context_actions)
-        module = self.tokenizer.module
-        torch = self.tokenizer._torch
-        flat = frames.reshape(-1, *frames.shape[-3:])
-        out = []
-        for start in range(0, len(flat), self.tokenizer.batch_size):
-            codes = module.encode_context(
-                torch.from_numpy(np.ascontiguousarray(flat[start : start + self.tokenizer.batch_size]))
-            )
-            out.append(module.decode_frames(codes).numpy())
-        return np.concatenate(out).reshape(frames.shape)
+        return self.tokenizer.reconstruct(frames)
 
     def close(self) -> None:
         try:

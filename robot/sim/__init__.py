@@ -12,6 +12,7 @@ from the same ``SimConfig`` continues bit for bit.
 """
 
 from .rendering import RenderBackendError
+from .scene import gripper_centre
 from .tabletop import SEG_BACKGROUND, SEG_FIRST_OBJECT, SEG_GRIPPER, SimError, TabletopSim
 from .tasks import PushTask, ReachTask, Task, TaskEpisode, TaskError, make_task
 
@@ -27,5 +28,6 @@ __all__ = [
     "Task",
     "TaskEpisode",
     "TaskError",
+    "gripper_centre",
     "make_task",
 ]

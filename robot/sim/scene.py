@@ -91,6 +91,16 @@ def _object_xml(spec: ObjectSpec) -> str:
     )
 
 
+def gripper_centre(frame: np.ndarray) -> np.ndarray | None:
+    """(row, col) centroid of the gripper in a rendered RGB frame, from its dark grey pixels (the table is
+    light, the objects saturated); None when fewer than 5 such pixels show. Works on predicted frames
+    too, where no segmentation exists."""
+    f = np.asarray(frame).astype(np.int16)
+    hi, lo = f.max(-1), f.min(-1)
+    ys, xs = np.nonzero((hi < 140) & (hi - lo < 30))
+    return None if len(ys) < 5 else np.array([ys.mean(), xs.mean()])
+
+
 def build_mjcf(cfg: SimConfig) -> str:
     """The MJCF text of the scene; depends only on ``cfg``'s physics and object fields."""
     timestep = cfg.control_period_s / cfg.substeps

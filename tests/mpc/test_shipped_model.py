@@ -15,15 +15,7 @@ from maskvit_mpc.mpc.predictors import (
     default_model_path,
     load_predictor,
 )
-from maskvit_mpc.robot.sim import TabletopSim, make_task
-
-
-def gripper_centre(frame: np.ndarray) -> np.ndarray | None:
-    """(row, col) centroid of the gripper's dark grey pixels (the table is light, objects saturated)."""
-    f = frame.astype(int)
-    hi, lo = f.max(-1), f.min(-1)
-    ys, xs = np.nonzero((hi < 140) & (hi - lo < 30))
-    return None if len(ys) < 5 else np.array([ys.mean(), xs.mean()])
+from maskvit_mpc.robot.sim import TabletopSim, gripper_centre, make_task
 
 
 def test_the_shipped_model_is_package_data_under_30_mb_and_matches_the_default_config():

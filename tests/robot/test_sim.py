@@ -222,3 +222,21 @@ def test_shadows_are_off_by_default_and_can_be_turned_on():
     assert shaded.render().astype(int).sum() < plain.render().astype(int).sum()
     plain.close()
     shaded.close()
+
+
+def test_gripper_centre_from_pixels_matches_the_segmentation():
+    from maskvit_mpc.robot.sim import gripper_centre
+
+    s = TabletopSim(SimConfig(image_size=64))
+    try:
+        s.reset(seed=4)
+        for dx in (0.0, 0.03, 0.03):
+            s.step(np.array([dx, 0.0, 0.0, 0.0, 1.0]))
+            seg = s.render_segmentation()
+            ys, xs = np.nonzero(seg == SEG_GRIPPER)
+            found = gripper_centre(s.render())
+            assert found is not None and len(ys) > 0
+            assert np.linalg.norm(found - [ys.mean(), xs.mean()]) < 3.0  # pixels
+    finally:
+        s.close()
+    assert gripper_centre(np.full((64, 64, 3), 200, np.uint8)) is None  # bare table: no gripper

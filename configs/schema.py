@@ -259,6 +259,10 @@ class DataConfig(_Strict):
     split_seed: int = 0  # changes which episodes are held out, deterministically
     action_source: Literal["applied", "commanded"] = "applied"  # applied: what the arm really did
     float_frames: bool = False  # False: uint8 frames; True: float32 in [0, 1]
+    # Draw clips in which an object moves (recorded sim object positions) this many times as often as
+    # the others: pushes are a minority of random-exploration clips but the whole point of the model.
+    motion_oversample: float = Field(1.0, ge=0)
+    motion_threshold_m: float = Field(0.01, gt=0)  # "moves": an object travels this far within the clip
 
     @model_validator(mode="after")
     def _weights_match(self) -> DataConfig:

@@ -22,6 +22,7 @@ Nothing heavy happens at import; h5py files are opened lazily, per worker proces
 from __future__ import annotations
 
 import io
+import logging
 import os
 import zlib
 from collections import OrderedDict
@@ -42,6 +43,7 @@ from ..robot import episodes as ep_io
 from ..robot.types import ACTION_DIM
 
 Split = Literal["train", "val", "all"]
+log = logging.getLogger(__name__)
 
 
 class DataError(UserError):
@@ -100,6 +102,13 @@ class RecordedEpisode(_H5Source):
 
     def poses(self, start: int, stop: int, step: int) -> np.ndarray:
         return self._h5()["state/pose"][start:stop:step]
+
+    def object_positions(self) -> np.ndarray | None:
+        """(num_frames, K, 3) object centres in metres (recorded in simulation), None without them."""
+        f = self._h5()
+        if "objects/positions" not in f:
+            return None
+        return np.asarray(f["objects/positions"][:], dtype=np.float64)
 
 
 class RoboNetEpisode(_H5Source):
@@ -264,6 +273,22 @@ class EpisodeClips(Dataset):
         raw = self.episodes[episode].actions(start, start + self.span - 1, self.action_source)  # (span-1, 5)
         return sum_actions(raw, self.clip_length, self.frame_skip)
 
+    def clip_object_motion(self) -> np.ndarray | None:
+        """(len(self),) largest horizontal distance (m) an object travels between a clip's first and last
+        frame; None when an episode has no recorded object positions (real robots record none)."""
+        motion = np.zeros(len(self), dtype=np.float64)
+        for i, episode in enumerate(self.episodes):
+            positions = episode.object_positions() if isinstance(episode, RecordedEpisode) else None
+            if positions is None:
+                return None
+            rows = np.flatnonzero(self._index[:, 0] == i)
+            if rows.size == 0 or positions.shape[1] == 0:
+                continue
+            starts = self._index[rows, 1]
+            moved = positions[starts + self.span - 1, :, :2] - positions[starts, :, :2]
+            motion[rows] = np.linalg.norm(moved, axis=-1).max(axis=-1)
+        return motion
+
     def clip_segmentation(self, item: int) -> torch.Tensor | None:
         """(T, H, W) uint8 labels of clip ``item`` (0 table, 1 gripper, 2+ objects), None without them."""
         i, start = (int(v) for v in self._index[item])
@@ -351,7 +376,29 @@ def make_datasets(
             )
         train_sets.append(train)
         val_sets.append(val)
-        sample_weights.append(torch.full((len(train),), float(w) / len(train), dtype=torch.float64))
+        clip_weights = np.ones(len(train))
+        if cfg.motion_oversample != 1.0:
+            motion = train.clip_object_motion()
+            if motion is None:
+                log.warning(
+                    "%s: no recorded object positions, so data.motion_oversample has no effect", folder
+                )
+            else:
+                moving = motion >= cfg.motion_threshold_m
+                clip_weights[moving] = cfg.motion_oversample
+                share = float(clip_weights[moving].sum() / clip_weights.sum())
+                log.info(
+                    "%s: %.0f%% of training clips move an object >= %.3g m; they make %.0f%% of the draws",
+                    folder,
+                    100 * moving.mean(),
+                    cfg.motion_threshold_m,
+                    100 * share,
+                )
+        if clip_weights.sum() <= 0:
+            raise DataError(
+                f"{folder}: every clip has weight 0 (data.motion_oversample is 0 and all clips move)"
+            )
+        sample_weights.append(torch.from_numpy(float(w) * clip_weights / clip_weights.sum()))
     gen = torch.Generator().manual_seed(seed)
     weights_t = torch.cat(sample_weights)
     if float(weights_t.sum()) <= 0:

@@ -125,6 +125,63 @@ def test_mixing_folders_by_weight(tmp_path: Path) -> None:
     assert tags[2] > tags[1]  # the loader really delivers folder b's clips more often
 
 
+def write_pushes(folder: Path, n: int, steps: int = 9) -> None:
+    """Episodes with one object that slides 5 mm per step from step 6 on in odd episodes, never in even."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        meta = E.EpisodeMetadata("test", "test", SIZE, SIZE, 0.2, seed=i)
+        rec = E.EpisodeRecorder(meta, object_names=("box",))
+        for t in range(steps + 1):
+            x = 0.005 * max(0, t - 6) if i % 2 else 0.0
+            rec.add_observation(np.zeros((SIZE, SIZE, 3), np.uint8), [t, i, 0, 0, 0], t, [[x, 0.1, 0.02]])
+            if t < steps:
+                rec.add_action(np.zeros(5), np.zeros(5), False, t)
+        E.write_episode(folder / E.episode_filename(i), rec.to_episode())
+
+
+def test_motion_oversample_draws_clips_that_move_an_object(tmp_path: Path) -> None:
+    write_pushes(tmp_path / "sim", 6)
+    ds = D.EpisodeClips(D.recorded_episodes(tmp_path / "sim"), clip_length=4)
+    motion = ds.clip_object_motion()
+    # odd episodes: the clip starting at s spans frames s..s+3; the box moves 5 mm per step after frame 6
+    for k in range(len(ds)):
+        i, s = ds.clip_location(k)
+        expected = 0.005 * (max(0, s + 3 - 6) - max(0, s - 6)) if i % 2 else 0.0
+        assert motion[k] == pytest.approx(expected, abs=1e-6)
+    cfg = DataConfig(
+        folders=[str(tmp_path / "sim")], clip_length=4, val_fraction=0.0, motion_threshold_m=0.01
+    )
+    moving = motion >= 0.01
+    plain = D.make_datasets(cfg, num_samples=6000, seed=0)
+    boosted = D.make_datasets(cfg.model_copy(update={"motion_oversample": 5.0}), num_samples=6000, seed=0)
+    share = moving.mean()
+    plain_share = np.mean([moving[i] for i in plain.train_sampler])
+    boosted_share = np.mean([moving[i] for i in boosted.train_sampler])
+    assert plain_share == pytest.approx(share, abs=0.03)
+    assert boosted_share == pytest.approx(5 * share / (5 * share + 1 - share), abs=0.03)
+    # folder weights still hold when one folder is oversampled inside and the other has no objects
+    write_folder(tmp_path / "static", 6, steps=9)
+    mixed = DataConfig(
+        folders=[str(tmp_path / "sim"), str(tmp_path / "static")],
+        weights=[1.0, 3.0],
+        clip_length=4,
+        val_fraction=0.0,
+        motion_oversample=5.0,
+    )
+    data = D.make_datasets(mixed, num_samples=6000, seed=0)
+    n_sim = data.train.cumulative_sizes[0]
+    assert np.mean([i >= n_sim for i in data.train_sampler]) == pytest.approx(0.75, abs=0.03)
+
+
+def test_motion_oversample_without_object_positions_changes_nothing(tmp_path: Path, caplog) -> None:
+    write_folder(tmp_path, 3, steps=5)
+    assert D.EpisodeClips(D.recorded_episodes(tmp_path), clip_length=3).clip_object_motion() is None
+    cfg = DataConfig(folders=[str(tmp_path)], clip_length=3, val_fraction=0.0, motion_oversample=4.0)
+    weights = D.make_datasets(cfg).train_sampler.weights
+    assert torch.allclose(weights, torch.full_like(weights, 1 / len(weights)))
+    assert "no recorded object positions" in caplog.text
+
+
 def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(D.DataError, match="does not exist"):
         D.recorded_episodes(tmp_path / "missing")

@@ -5,7 +5,9 @@ noise around a motionless plan, plus a few pushes straight at the object), score
 cost twice: on the frames the learned predictor imagines and on the frames the simulator really
 renders (the oracle). Reported per predictor: the Spearman rank correlation of the two costs, and the
 regret of choosing by the predictor: the true cost of its top-5 sequences against the true top 5,
-as a share of the spread between the true best and the median. A predictor the planner can use ranks
+as a share of the spread between the true best and the median. Like the planner
+(``planner.feasible_plans``), the sequences are first limited by the arm's workspace from the scene's
+start pose; ``--raw-plans`` scores them as drawn. A predictor the planner can use ranks
 well (correlation near 1, small regret); copy-last ranks every sequence the same.
 
     python benchmarks/bench_cost_ranking.py --predictors maskvit copy-last --scenes 8
@@ -23,6 +25,7 @@ from maskvit_mpc.configs import load_config
 from maskvit_mpc.mpc.costs import ImageCost
 from maskvit_mpc.mpc.optimizers import ActionBounds, correlated_noise, finalize_actions, initial_mean
 from maskvit_mpc.mpc.predictors import load_predictor
+from maskvit_mpc.robot.safety import ActionLimiter
 from maskvit_mpc.robot.sim import TabletopSim, make_task
 from report import command_line
 
@@ -70,6 +73,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--raw-plans", action="store_true", help="do not limit the plans to the workspace")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config("default", args.overrides)
@@ -87,6 +91,8 @@ def main() -> None:
         obj_to_goal = episode.goal_xy - sim.object_positions()[episode.info["object"]][:2]
         towards = obj_to_goal / max(1e-9, float(np.linalg.norm(obj_to_goal)))
         plans = candidate_plans(cfg, rng, args.samples, towards, grip)
+        if not args.raw_plans:
+            plans = ActionLimiter(cfg.safety).limit_plans(sim.ee_pose(), plans).astype(np.float32)
         cost = ImageCost(cfg.cost, episode.goal_image, horizon)
         true_frames = []
         for seq in plans:
@@ -115,7 +121,8 @@ def main() -> None:
 
     print(f"{command_line()}  ")
     print(f"{platform.machine()}, torch {torch.__version__}; {args.scenes} push scenes from seed {args.seed}, "
-          f"{args.samples} sequences each (horizon {horizon}), cost on the last frame\n")  # fmt: skip
+          f"{args.samples} sequences each (horizon {horizon}, {'as drawn' if args.raw_plans else 'limited to the workspace'}), "
+          "cost on the last frame\n")  # fmt: skip
     print(
         "| predictor | Spearman rho, true vs predicted cost (mean, min-max) | regret of its top 5 (0 = true top 5, 1 = median) |"
     )

@@ -138,6 +138,11 @@ class PlannerConfig(_Strict):
     init_gripper: float | None = Field(None, ge=-1, le=1)  # cold-start gripper mean; None: keep the arm's
     warm_start: bool = True  # start from the previous plan shifted by one step (std reset to init_std)
     include_mean: bool = True  # always score the current mean too, so a good warm start is never lost
+    # Score the sequences the arm will execute: each sample is rolled through the arm's workspace and
+    # step limits from the current pose first. A learned predictor never saw actions that push past the
+    # workspace (its data holds applied actions); fed those, the shipped model erased the gripper, which
+    # a goal image without the gripper rewards (BENCHMARKS.md, "feasible plans").
+    feasible_plans: bool = True
     momentum: float = Field(0.0, ge=0, lt=1)  # new mean = m * old + (1 - m) * elite mean
     mppi_temperature: float = Field(0.1, gt=0)  # MPPI weight exp(-dcost / (T * sample cost std)); 0.3 drifted
     seed: int | None = None  # None: derived from the episode seed, so runs are reproducible

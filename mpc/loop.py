@@ -38,7 +38,12 @@ class Policy(Protocol):
 
     def reset(self) -> None: ...
 
-    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep: ...
+    def plan(
+        self,
+        context_frames: np.ndarray,
+        context_actions: np.ndarray | None = None,
+        pose: np.ndarray | None = None,
+    ) -> PlanStep: ...
 
 
 @dataclass(frozen=True)
@@ -232,12 +237,14 @@ def run_episode(
     if judge is not None:
         episode.initial_judgement = judge()
     try:
+        # The arm's pose, so that the planner scores only sequences the arm's limits let through.
+        pose = np.asarray(arm.read_state().pose, dtype=np.float64)
         for step in range(cfg.max_steps):
             t0 = time.perf_counter()
             while True:
                 if before_plan is not None:
                     before_plan()
-                plan = policy.plan(np.stack(context), _context_actions(past, cfg.context_frames))
+                plan = policy.plan(np.stack(context), _context_actions(past, cfg.context_frames), pose)
                 if on_plan is not None:
                     on_plan(step, plan)
                 if hold is None or not hold():
@@ -254,6 +261,7 @@ def run_episode(
                 sent = np.asarray(plan.action, dtype=np.float64)
                 result = arm.send_action(sent)
                 applied, clipped = result.applied, result.clipped
+                pose = np.asarray(result.state.pose, dtype=np.float64)
                 next_frame = camera.read(timeout_s=timeout, after_command_seq=result.seq)
             judgement = judge() if judge is not None else None
             record = StepRecord(

@@ -22,6 +22,8 @@ from ..configs.schema import PlannerConfig, SafetyConfig
 from ..robot.types import ACTION_DIM
 
 CostFn = Callable[[np.ndarray], np.ndarray]
+# Maps (N, horizon, 5) sampled sequences to the ones the arm would really execute (workspace limits).
+Projection = Callable[[np.ndarray], np.ndarray]
 GRIPPER = ACTION_DIM - 1  # index of the absolute gripper command
 
 
@@ -121,12 +123,14 @@ def _sample(
     n: int,
     bounds: ActionBounds,
     cfg: PlannerConfig,
+    project: Projection | None = None,
 ) -> np.ndarray:
     eps = correlated_noise(rng, (n, *mean.shape), cfg.noise_beta)
     samples = mean + std * eps
     if cfg.include_mean:
         samples[0] = mean
-    return finalize_actions(samples, bounds, cfg.gripper == "discrete")
+    samples = finalize_actions(samples, bounds, cfg.gripper == "discrete")
+    return samples if project is None else project(samples)
 
 
 def _evaluate(cost_fn: CostFn, samples: np.ndarray) -> np.ndarray:
@@ -144,6 +148,7 @@ def cem(
     cfg: PlannerConfig,
     rng: np.random.Generator,
     init_mean: np.ndarray | None = None,
+    project: Projection | None = None,
 ) -> PlanResult:
     """Cross-entropy method: sample around a Gaussian, refit it on the elites, repeat.
 
@@ -155,7 +160,7 @@ def cem(
     best_actions, best_cost = mean, np.inf
     iter_best, iter_mean = [], []
     for _ in range(cfg.iterations):
-        samples = _sample(rng, mean, std, cfg.samples, bounds, cfg)
+        samples = _sample(rng, mean, std, cfg.samples, bounds, cfg, project)
         costs = _evaluate(cost_fn, samples)
         order = np.argsort(costs, kind="stable")
         elites = samples[order[:n_elite]]
@@ -182,6 +187,7 @@ def mppi(
     cfg: PlannerConfig,
     rng: np.random.Generator,
     init_mean: np.ndarray | None = None,
+    project: Projection | None = None,
 ) -> PlanResult:
     """Model-predictive path integral: the new mean is the softmin-weighted average of the samples.
 
@@ -193,7 +199,7 @@ def mppi(
     discrete = cfg.gripper == "discrete"
     iter_best, iter_mean = [], []
     for _ in range(cfg.iterations):
-        samples = _sample(rng, mean, std, cfg.samples, bounds, cfg)
+        samples = _sample(rng, mean, std, cfg.samples, bounds, cfg, project)
         costs = _evaluate(cost_fn, samples)
         finite = np.isfinite(costs)
         if not finite.any():
@@ -207,6 +213,8 @@ def mppi(
         iter_mean.append(costs[finite].mean())
         mean = cfg.momentum * mean + (1.0 - cfg.momentum) * np.tensordot(weights, samples, axes=1)
     plan = finalize_actions(mean.copy(), bounds, discrete)
+    if project is not None:
+        plan = project(plan[None])[0]
     final_cost = float(_evaluate(cost_fn, plan[None])[0])
     return PlanResult(
         actions=plan,
@@ -225,7 +233,9 @@ def optimize(
     cfg: PlannerConfig,
     rng: np.random.Generator,
     init_mean: np.ndarray | None = None,
+    project: Projection | None = None,
 ) -> PlanResult:
-    """Run the optimiser ``cfg.optimizer`` names."""
+    """Run the optimiser ``cfg.optimizer`` names. ``project`` (optional) maps every sampled batch of
+    sequences to the sequences the arm will execute; the optimiser then scores and refits on those."""
     fn = cem if cfg.optimizer == "cem" else mppi
-    return fn(cost_fn, horizon, bounds, cfg, rng, init_mean)
+    return fn(cost_fn, horizon, bounds, cfg, rng, init_mean, project)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..configs.schema import CostConfig, PlannerConfig
+from ..robot.safety import ActionLimiter
 from .costs import ImageCost
 from .optimizers import ActionBounds, PlanResult, finalize_actions, initial_mean, optimize, shift_plan
 from .predictors import Predictor
@@ -47,6 +48,7 @@ class VisualMPCPolicy:
         rng: np.random.Generator,
         predict_best: bool = True,
         current_gripper: float | None = None,
+        limiter: ActionLimiter | None = None,
     ) -> None:
         self.predictor = predictor
         self.cfg = planner_cfg
@@ -57,6 +59,8 @@ class VisualMPCPolicy:
         # A cold start holds the arm's gripper unless the config names a command: with a zero gripper std
         # a default "open" would open a closed gripper at the first step.
         self.current_gripper = current_gripper
+        # The arm's own limits: with the arm's pose, samples become the sequences it will really execute.
+        self.limiter = limiter if planner_cfg.feasible_plans else None
         self._previous: np.ndarray | None = None
 
     @property
@@ -67,8 +71,14 @@ class VisualMPCPolicy:
         """Forget the previous plan (a new episode)."""
         self._previous = None
 
-    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep:
-        """``context_actions`` (Tc - 1, 5): what the arm applied between the context frames, or None."""
+    def plan(
+        self,
+        context_frames: np.ndarray,
+        context_actions: np.ndarray | None = None,
+        pose: np.ndarray | None = None,
+    ) -> PlanStep:
+        """``context_actions`` (Tc - 1, 5): what the arm applied between the context frames, or None.
+        ``pose`` (5,): the arm's pose now; with a limiter, every sampled sequence is limited from it."""
         start = time.perf_counter()
         timers = {"predict": 0.0, "cost": 0.0}
         context = np.asarray(context_frames)[None]  # (1, Tc, H, W, 3)
@@ -97,7 +107,16 @@ class VisualMPCPolicy:
             init = initial_mean(self.cfg.horizon, self.cfg)
             if self.cfg.init_gripper is None and self.current_gripper is not None:
                 init[:, -1] = self.current_gripper
-        result = optimize(cost_fn, self.cfg.horizon, self.bounds, self.cfg, self.rng, init_mean=init)
+        project = None
+        if self.limiter is not None and pose is not None:
+            limiter, at = self.limiter, np.asarray(pose, dtype=np.float64)
+
+            def project(samples: np.ndarray) -> np.ndarray:
+                return limiter.limit_plans(at, samples)
+
+        result = optimize(
+            cost_fn, self.cfg.horizon, self.bounds, self.cfg, self.rng, init_mean=init, project=project
+        )
         predicted = None
         if self.predict_best:
             t0 = time.perf_counter()
@@ -126,7 +145,12 @@ class RandomPolicy:
     def reset(self) -> None:
         """Nothing to forget."""
 
-    def plan(self, context_frames: np.ndarray, context_actions: np.ndarray | None = None) -> PlanStep:
+    def plan(
+        self,
+        context_frames: np.ndarray,
+        context_actions: np.ndarray | None = None,
+        pose: np.ndarray | None = None,
+    ) -> PlanStep:
         start = time.perf_counter()
         actions = self.rng.uniform(
             self.bounds.low, self.bounds.high, size=(self.cfg.horizon, len(self.bounds.low))

@@ -21,6 +21,7 @@ from ..configs.errors import UserError
 from ..configs.schema import Config
 from ..robot.arm import Arm
 from ..robot.camera import Camera
+from ..robot.safety import ActionLimiter
 from .costs import check_goal_image
 from .loop import EpisodeLog, Judgement, Policy, StepRecord, run_episode
 from .optimizers import ActionBounds
@@ -86,7 +87,14 @@ def make_policy(
     if predictor is None:
         return RandomPolicy(cfg.planner, bounds, rng)
     return VisualMPCPolicy(
-        predictor, goal_image, cfg.planner, cfg.cost, bounds, rng, current_gripper=current_gripper
+        predictor,
+        goal_image,
+        cfg.planner,
+        cfg.cost,
+        bounds,
+        rng,
+        current_gripper=current_gripper,
+        limiter=ActionLimiter(cfg.safety),
     )
 
 

@@ -54,6 +54,29 @@ class ActionLimiter:
         applied = np.concatenate([delta, [gripper]])
         return LimitedAction(applied=applied, clipped=not np.array_equal(applied, action))
 
+    def limit_plans(self, pose: np.ndarray, plans: np.ndarray) -> np.ndarray:
+        """What the arm would apply of each step of (..., horizon, 5) action sequences started at ``pose``.
+
+        The same rules as :meth:`limit`, rolled forward through each sequence (the pose after a step is
+        the pose before it plus the applied delta), for a whole batch at once. A planner uses it so that
+        the sequences it scores are the ones the arm will really execute.
+        """
+        plans = np.asarray(plans, dtype=np.float64)
+        pose = np.asarray(pose, dtype=np.float64).reshape(ACTION_DIM)
+        if plans.ndim < 2 or plans.shape[-1] != ACTION_DIM:
+            raise ValueError(f"plans must have shape (..., horizon, {ACTION_DIM}), got {plans.shape}")
+        out = plans.copy()
+        at = np.broadcast_to(pose[:4], (*plans.shape[:-2], 4)).copy()
+        for t in range(plans.shape[-2]):
+            delta = np.clip(plans[..., t, :4], -self.step, self.step)
+            target = at + delta
+            bounded = np.clip(target, np.minimum(self.low, at), np.maximum(self.high, at))
+            delta = np.where(bounded != target, bounded - at, delta)
+            out[..., t, :4] = delta
+            at = at + delta
+        out[..., 4] = np.clip(plans[..., 4], self.gripper_low, self.gripper_high)
+        return out
+
     def contains(self, pose: np.ndarray, tol: float = 1e-9) -> bool:
         """Whether a (5,) pose lies inside the workspace box and gripper range."""
         p = np.asarray(pose, dtype=np.float64)

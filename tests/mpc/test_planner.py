@@ -7,6 +7,7 @@ from maskvit_mpc.configs.schema import CostConfig, PlannerConfig, SafetyConfig
 from maskvit_mpc.mpc.optimizers import ActionBounds
 from maskvit_mpc.mpc.planner import RandomPolicy, VisualMPCPolicy
 from maskvit_mpc.mpc.predictors import Predictor, check_predict_inputs
+from maskvit_mpc.robot.safety import ActionLimiter
 
 PX_PER_M = 100.0  # 5 cm step = 5 px
 
@@ -65,3 +66,64 @@ def test_random_policy_stays_in_bounds():
     assert np.all(actions >= bounds.low) and np.all(actions <= bounds.high)
     assert set(np.unique(actions[..., 4])) == {-1.0, 1.0}
     assert actions[..., 0].std() > 0.02  # it does move
+
+
+class _Seen(SquareWorld):
+    """Records every batch of sequences the planner asks about."""
+
+    def __init__(self, xy) -> None:
+        super().__init__(xy)
+        self.batches: list[np.ndarray] = []
+
+    def predict(self, context_frames, actions, frame_indices=None, context_actions=None):
+        self.batches.append(np.array(actions))
+        return super().predict(context_frames, actions, frame_indices, context_actions)
+
+
+def test_feasible_plans_score_only_what_the_arm_would_execute():
+    """Near the workspace edge, with the goal beyond it, every scored sequence stays inside the box."""
+    safety = SafetyConfig()
+    limiter = ActionLimiter(safety)
+    ws = safety.workspace
+    pose = np.array([ws.x.high - 0.02, 0.0, 0.05, 0.0, 1.0])  # 2 cm from the +x edge
+    cfg = PlannerConfig(horizon=5, samples=40, iterations=2, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
+    world = _Seen([6.0, 16.0])
+    goal = _draw(np.array([30.0, 16.0]))  # far along +x: the planner wants to push past the edge
+    args = (goal, cfg, CostConfig(blur_sigma_px=3.0), ActionBounds.from_safety(safety))
+    policy = VisualMPCPolicy(world, *args, np.random.default_rng(0), current_gripper=1.0, limiter=limiter)
+    step = policy.plan(_draw(world.xy)[None], pose=pose)
+    for batch in world.batches:
+        reach = pose[0] + np.cumsum(batch[..., 0], axis=-1)
+        assert reach.max() <= ws.x.high + 1e-6
+        np.testing.assert_allclose(batch, limiter.limit_plans(pose, batch), atol=1e-6)  # already feasible
+    assert pose[0] + step.result.actions[:, 0].sum() <= ws.x.high + 1e-6
+    assert np.isclose(pose[0] + step.result.actions[:, 0].sum(), ws.x.high, atol=1e-3)  # it goes to the edge
+
+    # Switched off (or without a pose) the samples are not limited: some reach past the edge.
+    off = cfg.model_copy(update={"feasible_plans": False})
+    world_off = _Seen([6.0, 16.0])
+    policy = VisualMPCPolicy(
+        world_off, goal, off, *args[2:], np.random.default_rng(0), current_gripper=1.0, limiter=limiter
+    )
+    policy.plan(_draw(world_off.xy)[None], pose=pose)
+    assert max((pose[0] + np.cumsum(b[..., 0], axis=-1)).max() for b in world_off.batches) > ws.x.high + 0.05
+
+
+def test_limit_plans_matches_stepwise_limit():
+    safety = SafetyConfig()
+    limiter = ActionLimiter(safety)
+    rng = np.random.default_rng(3)
+    plans = rng.normal(scale=[0.06, 0.06, 0.06, 0.4, 1.5], size=(50, 7, 5))
+    ws = safety.workspace
+    for pose in (
+        np.array([0.0, 0.0, 0.05, 0.0, -1.0]),
+        np.array([ws.x.high - 0.01, ws.y.low, 0.03, 0.2, 1.0]),
+    ):
+        batch = limiter.limit_plans(pose, plans)
+        for n in range(len(plans)):
+            at = pose.copy()
+            for t in range(plans.shape[1]):
+                applied = limiter.limit(at, plans[n, t]).applied
+                np.testing.assert_allclose(batch[n, t], applied, atol=1e-12)
+                at[:4] += applied[:4]
+        assert not np.allclose(batch, plans)  # the random plans do get limited

@@ -218,7 +218,10 @@ class CollectConfig(_Strict):
     gripper_toggle_prob: float = Field(0.08, ge=0, le=1)  # chance per step of an open/close event
     object_bias: float = Field(0.5, ge=0, le=1)  # episodes that push an object (sim: ~55% move one > 2 cm)
     approach_gain: float = Field(0.8, gt=0, le=1)  # share of the remaining distance covered per step
-    approach_height_m: float = Field(0.03, ge=0)  # fingertip height above the table when pushing
+    # Gripper (tool centre point) height while pushing: the push task's (robot/sim/tasks.PUSH_HEIGHT_M).
+    # At 3 cm (the old default) the data's pushes grazed only the tallest objects, from a height the
+    # planner never pushes at.
+    approach_height_m: float = Field(0.022, ge=0)
     approach_offset_m: float = Field(0.07, ge=0)  # start this far behind the object's centre
     push_distance_m: float = Field(0.12, gt=0)  # how far past the object centre a push aims
     workspace_margin_m: float = Field(0.02, ge=0)  # keep targets this far inside the safety box

@@ -35,7 +35,9 @@ class ExplorationPolicy:
         # The box exploration aims to stay in: the explore box (the camera's view) inside the safety box,
         # shrunk by a margin so the controller rarely has to clip (clipped commands would teach the model
         # actions that had no effect).
-        safe_low = np.array([ws.x.low + m, ws.y.low + m, ws.z.low + m / 2, ws.yaw.low + 0.1])
+        # No margin above the floor: pushes happen just above it (the push task's height), and data
+        # whose gripper never went that low taught a model pushes that do not look like the planner's.
+        safe_low = np.array([ws.x.low + m, ws.y.low + m, ws.z.low, ws.yaw.low + 0.1])
         safe_high = np.array([ws.x.high - m, ws.y.high - m, ws.z.high - m, ws.yaw.high - 0.1])
         self.low = np.maximum(safe_low, [ex.x.low, ex.y.low, ex.z.low, ex.yaw.low])
         self.high = np.minimum(safe_high, [ex.x.high, ex.y.high, ex.z.high, ex.yaw.high])

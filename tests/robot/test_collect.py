@@ -345,6 +345,26 @@ def test_policy_object_bias_pushes_objects() -> None:
     assert moved_share(0.0) < 0.3
 
 
+def test_policy_pushes_at_the_push_tasks_height() -> None:
+    """Exploration pushes where the planner pushes: at the push task's gripper height, not above it."""
+    from maskvit_mpc.robot.sim.tasks import PUSH_HEIGHT_M
+
+    cfg, safety = CollectConfig(object_bias=1.0), SafetyConfig()
+    heights = []
+    for seed in range(20):
+        arm = FakeArm(safety)
+        state = arm.reset_episode()
+        policy = ExplorationPolicy(cfg, safety, np.random.default_rng(seed))
+        policy.reset(state.pose, {"box": arm.obj.copy()})
+        for _ in range(30):
+            state = arm.send_action(policy.act(state.pose, {"box": arm.obj.copy()})).state
+            if policy._phase == "push":
+                heights.append(state.pose[2])
+    assert len(heights) > 50
+    assert abs(np.median(heights) - PUSH_HEIGHT_M) < 0.006
+    assert np.percentile(heights, 90) < PUSH_HEIGHT_M + 0.015
+
+
 class InProcessSimArm(FakeArm):
     """The real MuJoCo sim behind the Arm boundary, in-process (the bridge's sim backend does the same
     over ZeroMQ): object positions in ArmState.info, scene and task resets from seeds."""

@@ -26,7 +26,7 @@ from maskvit_mpc.mpc.costs import ImageCost
 from maskvit_mpc.mpc.optimizers import ActionBounds, correlated_noise, finalize_actions, initial_mean
 from maskvit_mpc.mpc.predictors import load_predictor
 from maskvit_mpc.robot.safety import ActionLimiter
-from maskvit_mpc.robot.sim import TabletopSim, make_task
+from maskvit_mpc.robot.sim import TabletopSim, gripper_centre, make_task
 from report import command_line
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     sim = TabletopSim(cfg.sim, cfg.safety)
     task = make_task(cfg.task)
     predictors = {name: load_predictor(name, cfg) for name in args.predictors}
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in predictors}
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in predictors}
     rng = np.random.default_rng(0)
     for i in range(args.scenes):
         episode = task.sample(sim, seed=args.seed + i)
@@ -112,7 +112,9 @@ def main() -> None:
             rho = spearman(model_cost, true_cost)
             chosen = np.argsort(model_cost, kind="stable")[:5]
             regret = (true_cost[chosen].mean() - best_true) / spread
-            results[name].append((rho, float(regret)))
+            # a predicted frame without the gripper: the push goal has none, so it looks cheap
+            erased = sum(gripper_centre(frame) is None for frame in predicted[:, -1])
+            results[name].append((rho, float(regret), erased))
         print(f"scene {args.seed + i}: " + ", ".join(f"{n} rho {r[-1][0]:.2f} regret {r[-1][1]:.2f}" for n, r in results.items()),
               file=sys.stderr, flush=True)  # fmt: skip
     sim.close()
@@ -124,13 +126,17 @@ def main() -> None:
           f"{args.samples} sequences each (horizon {horizon}, {'as drawn' if args.raw_plans else 'limited to the workspace'}), "
           "cost on the last frame\n")  # fmt: skip
     print(
-        "| predictor | Spearman rho, true vs predicted cost (mean, min-max) | regret of its top 5 (0 = true top 5, 1 = median) |"
+        "| predictor | Spearman rho, true vs predicted cost (mean, min-max) | regret of its top 5 (0 = true top 5, "
+        f"1 = median) | predicted last frames without the gripper (of {args.scenes * args.samples}) |"
     )
-    print("|---|---|---|")
+    print("|---|---|---|---|")
     for name, rows in results.items():
         rho = np.array([r[0] for r in rows])
         reg = np.array([r[1] for r in rows])
-        print(f"| {name} | {rho.mean():.2f} ({rho.min():.2f} to {rho.max():.2f}) | {reg.mean():.2f} |")
+        erased = sum(r[2] for r in rows)
+        print(
+            f"| {name} | {rho.mean():.2f} ({rho.min():.2f} to {rho.max():.2f}) | {reg.mean():.2f} | {erased} |"
+        )
 
 
 if __name__ == "__main__":

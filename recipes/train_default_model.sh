@@ -18,7 +18,7 @@ set -euo pipefail
 WORK=${WORK:-data/default-model}          # everything this recipe writes
 HOURS=${HOURS:-4}                         # simulated robot-hours of exploration (2400 episodes)
 TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 frames)
-MV_STEPS=${MV_STEPS:-1500}                # MaskViT optimizer steps (batch 32 clips)
+MV_STEPS=${MV_STEPS:-4000}                # MaskViT optimizer steps (batch 32 clips), about 2 h on 2 cores
 EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
 EVAL_ARGS=${EVAL_ARGS:-}                  # extra mpc-eval arguments, e.g. "--max-steps 5"
 BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}

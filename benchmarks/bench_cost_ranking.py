@@ -82,6 +82,7 @@ def main() -> None:
     task = make_task(cfg.task)
     predictors = {name: load_predictor(name, cfg) for name in args.predictors}
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in predictors}
+    limiter = None if args.raw_plans else ActionLimiter(cfg.safety)
     rng = np.random.default_rng(0)
     for i in range(args.scenes):
         episode = task.sample(sim, seed=args.seed + i)
@@ -91,8 +92,8 @@ def main() -> None:
         obj_to_goal = episode.goal_xy - sim.object_positions()[episode.info["object"]][:2]
         towards = obj_to_goal / max(1e-9, float(np.linalg.norm(obj_to_goal)))
         plans = candidate_plans(cfg, rng, args.samples, towards, grip)
-        if not args.raw_plans:
-            plans = ActionLimiter(cfg.safety).limit_plans(sim.ee_pose(), plans).astype(np.float32)
+        if limiter is not None:
+            plans = limiter.limit_plans(sim.ee_pose(), plans).astype(np.float32)
         cost = ImageCost(cfg.cost, episode.goal_image, horizon)
         true_frames = []
         for seq in plans:

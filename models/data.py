@@ -277,16 +277,18 @@ class EpisodeClips(Dataset):
         """(len(self),) largest horizontal distance (m) an object travels between a clip's first and last
         frame; None when an episode has no recorded object positions (real robots record none)."""
         motion = np.zeros(len(self), dtype=np.float64)
+        # the index lists each episode's clips together, in episode order
+        bounds = np.searchsorted(self._index[:, 0], np.arange(len(self.episodes) + 1))
         for i, episode in enumerate(self.episodes):
             positions = episode.object_positions() if isinstance(episode, RecordedEpisode) else None
             if positions is None:
                 return None
-            rows = np.flatnonzero(self._index[:, 0] == i)
-            if rows.size == 0 or positions.shape[1] == 0:
+            lo, hi = bounds[i], bounds[i + 1]
+            if lo == hi or positions.shape[1] == 0:
                 continue
-            starts = self._index[rows, 1]
+            starts = self._index[lo:hi, 1]
             moved = positions[starts + self.span - 1, :, :2] - positions[starts, :, :2]
-            motion[rows] = np.linalg.norm(moved, axis=-1).max(axis=-1)
+            motion[lo:hi] = np.linalg.norm(moved, axis=-1).max(axis=-1)
         return motion
 
     def clip_segmentation(self, item: int) -> torch.Tensor | None:

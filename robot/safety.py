@@ -41,15 +41,19 @@ class ActionLimiter:
         self.gripper_low = max(ws.gripper.low, -1.0)
         self.gripper_high = min(ws.gripper.high, 1.0)
 
+    def _delta(self, at: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """(..., 4) the x, y, z, yaw motion applied of ``wanted`` from poses ``at``: step caps, then the box."""
+        delta = np.clip(wanted, -self.step, self.step)
+        target = at + delta
+        bounded = np.clip(target, np.minimum(self.low, at), np.maximum(self.high, at))
+        # Only recompute the delta where the box cut it, so an unclipped action comes back bit-identical.
+        return np.where(bounded != target, bounded - at, delta)
+
     def limit(self, pose: np.ndarray, action: np.ndarray) -> LimitedAction:
         """``pose``: (5,) current x, y, z, yaw, gripper; ``action``: (5,) finite commanded action."""
         action = np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)
         pose = np.asarray(pose, dtype=np.float64).reshape(ACTION_DIM)
-        delta = np.clip(action[:4], -self.step, self.step)
-        target = pose[:4] + delta
-        bounded = np.clip(target, np.minimum(self.low, pose[:4]), np.maximum(self.high, pose[:4]))
-        # Only recompute the delta where the box cut it, so an unclipped action comes back bit-identical.
-        delta = np.where(bounded != target, bounded - pose[:4], delta)
+        delta = self._delta(pose[:4], action[:4])
         gripper = float(np.clip(action[4], self.gripper_low, self.gripper_high))
         applied = np.concatenate([delta, [gripper]])
         return LimitedAction(applied=applied, clipped=not np.array_equal(applied, action))
@@ -68,11 +72,7 @@ class ActionLimiter:
         out = plans.copy()
         at = np.broadcast_to(pose[:4], (*plans.shape[:-2], 4)).copy()
         for t in range(plans.shape[-2]):
-            delta = np.clip(plans[..., t, :4], -self.step, self.step)
-            target = at + delta
-            bounded = np.clip(target, np.minimum(self.low, at), np.maximum(self.high, at))
-            delta = np.where(bounded != target, bounded - at, delta)
-            out[..., t, :4] = delta
+            out[..., t, :4] = delta = self._delta(at, plans[..., t, :4])
             at = at + delta
         out[..., 4] = np.clip(plans[..., 4], self.gripper_low, self.gripper_high)
         return out

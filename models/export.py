@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
-from ..configs.schema import SafetyConfig
+from ..configs.schema import Config, SafetyConfig
 from .decoding import MASK_SCHEDULES, iterative_decode_step
 from .maskvit import MaskViT, maskvit_from_checkpoint
 from .tokenizer import VQModel, tokenizer_from_checkpoint
@@ -68,8 +68,10 @@ __all__ = [
     "PredictorModule",
     "build_predictor_module",
     "export_predictor",
+    "UnpackedPredictor",
     "load_exported_predictor",
     "main",
+    "unpack_predictor",
     "scripted_remask_ratios",
 ]
 
@@ -337,6 +339,10 @@ class PredictorMetadata:
     action_source: str = "applied"
     action_conditioning: str = "input"
     checkpoints: dict[str, Any] = field(default_factory=dict)  # {tokenizer|maskvit: {path, sha256, step}}
+    # what unpack_predictor needs to turn the file back into training checkpoints: per network its
+    # model_config and config sections ({tokenizer: {...}, maskvit: {..., background}}); {} in files
+    # exported before it was recorded
+    training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     weights_sha256: str = ""  # digest of the scripted module's state_dict, checked at load
     format: str = FORMAT
@@ -518,6 +524,19 @@ def build_predictor_module(
             },
         },
         versions=_versions(),
+        training={
+            "tokenizer": {
+                "model_config": tok_data["extra"]["model_config"],
+                "config": tok_data.get("config", {}),
+                "step": int(tok_data.get("step", 0)),
+            },
+            "maskvit": {
+                "model_config": mv_data["extra"]["model_config"],
+                "config": mv_data.get("config", {}),
+                "step": int(mv_data.get("step", 0)),
+                "background": mv_data["extra"].get("background"),
+            },
+        },
     )
     module.metadata_json = meta.to_json()
     return module
@@ -718,6 +737,112 @@ def load_exported_predictor(path: str | Path, map_location: str = "cpu") -> Load
             f"{str(path)!r} is damaged: its weights do not match the digest recorded at export; re-export it"
         )
     return LoadedPredictor(module=module, metadata=meta, path=path)
+
+
+# --- back to training checkpoints -------------------------------------------------------------------
+
+
+@dataclass
+class UnpackedPredictor:
+    tokenizer: Path  # train-tokenizer checkpoint
+    maskvit: Path  # train-maskvit checkpoint that names the tokenizer above
+
+
+def _load_submodule(net: nn.Module, state: dict[str, Tensor], prefix: str) -> None:
+    """Load ``net`` from a scripted module's state under ``prefix``. TorchScript's state_dict also holds
+    non-persistent buffers (FSQ's levels): those are not loaded but must equal the rebuilt network's."""
+    found = {k[len(prefix) :]: v.detach().clone() for k, v in state.items() if k.startswith(prefix)}
+    own = net.state_dict()
+    buffers = dict(net.named_buffers())
+    for key in [k for k in found if k not in own and k in buffers]:
+        value = found.pop(key)
+        if value.shape != buffers[key].shape or not torch.equal(value, buffers[key].to(value.dtype)):
+            raise RuntimeError(f"buffer {key} is {value.tolist()} in the file, {buffers[key].tolist()} here")
+    net.load_state_dict(found)
+
+
+def unpack_predictor(
+    path: str | Path,
+    out_dir: str | Path,
+    tokenizer_config: Config | None = None,
+    maskvit_config: Config | None = None,
+) -> UnpackedPredictor:
+    """Write an export's two networks back as training checkpoints, ``out_dir/tokenizer.pt`` and
+    ``out_dir/maskvit.pt``, so that ``train-maskvit --init-from`` can fine-tune it (on your own robot's
+    episodes, say) and ``export-predictor`` can export the result.
+
+    The network shapes come from the file's metadata. Files exported before the metadata recorded them
+    need the configs the networks were trained with: ``tokenizer_config`` for its ``tokenizer`` section,
+    ``maskvit_config`` for its ``maskvit`` and ``data`` sections (e.g. the tokenizer_cpu and maskvit_cpu
+    presets). The weights are loaded strictly, so a config that does not fit is refused.
+    """
+    from .maskvit import MaskViTModelConfig
+    from .tokenizer import TokenizerModelConfig
+    from .training import save_checkpoint
+
+    loaded = load_exported_predictor(path)
+    meta, state = loaded.metadata, loaded.module.state_dict()
+    training = dict(meta.training)
+    if not training:
+        if tokenizer_config is None or maskvit_config is None:
+            raise ExportError(
+                f"{path} was exported before the network configs were stored in it: pass the configs the "
+                "networks were trained with to maskvit_mpc.models.export.unpack_predictor (for the "
+                "presets: load_config('tokenizer_cpu'), load_config('maskvit_cpu'))"
+            )
+        tok_model = TokenizerModelConfig.from_config(tokenizer_config.tokenizer)
+        grid = (meta.grid_h, meta.grid_w)
+        mv_model = MaskViTModelConfig.from_config(maskvit_config.maskvit, meta.codebook_size, grid)
+        steps = {k: int(v.get("step", 0)) for k, v in meta.checkpoints.items()}
+        training = {
+            "tokenizer": {
+                "model_config": tok_model.to_dict(),
+                "config": {"tokenizer": tokenizer_config.tokenizer.model_dump()},
+                "step": steps.get("tokenizer", 0),
+            },
+            "maskvit": {
+                "model_config": mv_model.to_dict(),
+                "config": {
+                    "maskvit": maskvit_config.maskvit.model_dump(),
+                    "data": maskvit_config.data.model_dump(),
+                },
+                "step": steps.get("maskvit", 0),
+                "background": None,
+            },
+        }
+    tokenizer = VQModel(TokenizerModelConfig.from_dict(training["tokenizer"]["model_config"]))
+    maskvit = MaskViT(MaskViTModelConfig.from_dict(training["maskvit"]["model_config"]))
+    for name, net in (("tokenizer", tokenizer), ("maskvit", maskvit)):
+        try:
+            _load_submodule(net, state, name + ".")
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ExportError(
+                f"{path}: its {name} weights do not fit the {name} config ({first}); pass the config the "
+                "model was trained with"
+            ) from None
+    out_dir = Path(out_dir)
+    tok_path = save_checkpoint(
+        out_dir / "tokenizer.pt",
+        models={"tokenizer": tokenizer},
+        step=training["tokenizer"]["step"],
+        config=training["tokenizer"]["config"],
+        extra={"model_config": training["tokenizer"]["model_config"], "unpacked_from": str(path)},
+    )
+    mv_path = save_checkpoint(
+        out_dir / "maskvit.pt",
+        models={"maskvit": maskvit},
+        step=training["maskvit"]["step"],
+        config=training["maskvit"]["config"],
+        extra={
+            "model_config": training["maskvit"]["model_config"],
+            "tokenizer_checkpoint": str(tok_path),
+            "tokenizer_sha256": _file_digest(tok_path),
+            "background": training["maskvit"].get("background"),
+            "unpacked_from": str(path),
+        },
+    )
+    return UnpackedPredictor(tokenizer=tok_path, maskvit=mv_path)
 
 
 # --- the command -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..configs import Config
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
 from .data import make_datasets
+from .export import UnpackedPredictor
 from .masking import MVMObjective, background_tokens
 from .maskvit import MaskViT, MaskViTModelConfig
 from .prediction_eval import clip_batch, evaluate_predictions
@@ -60,6 +62,8 @@ EXAMPLES = """
   train-maskvit --data runs/sim_push --tokenizer tok.pt --out runs/mv_w4 --set maskvit.token_weighting=changed
   train-maskvit --config maskvit_cpu --data runs/sim_push --tokenizer tok.pt --out runs/mv2 --token-cache runs/codes.pt
   torchrun --nproc_per_node 4 -m maskvit_mpc.models.train_maskvit --data runs/sim_push --tokenizer tok.pt --out runs/mv
+  train-maskvit --config maskvit_cpu --data data/my-arm --init-from maskvit --out runs/ft --steps 1500   # fine-tune the shipped model
+  train-maskvit --config maskvit_cpu --data data/my-arm --init-from predictor.ts --out runs/ft2 --set maskvit.lr=0.0003
 """
 
 _KEEP_CHECKPOINTS = 3
@@ -77,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints and metrics.csv")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--steps", type=int, help="total optimizer steps (maskvit.steps)")
+    p.add_argument(
+        "--init-from",
+        metavar="FILE",
+        help="fine-tune: start a new run from these weights (a train-maskvit checkpoint, an exported "
+        "predictor, or 'maskvit' for the shipped one) with a new optimizer and the config's schedule; an "
+        "export's tokenizer is unpacked to OUT/init/ and used unless --tokenizer is given",
+    )
     p.add_argument(
         "--token-cache",
         type=Path,
@@ -116,18 +127,31 @@ def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.
 
 
 def train(
-    cfg: Config, data: list[str], out: Path, resume: bool = False, token_cache: Path | None = None
+    cfg: Config,
+    data: list[str],
+    out: Path,
+    resume: bool = False,
+    token_cache: Path | None = None,
+    init_from: Path | None = None,
 ) -> dict[str, float]:
-    """Run the training; returns the last logged metrics (averaged over ranks)."""
+    """Run the training; returns the last logged metrics (averaged over ranks). ``init_from``: a
+    train-maskvit checkpoint whose weights a fresh run starts from (fine-tuning: new optimizer, the
+    config's schedule from step 0); ignored when the run resumes."""
     ctx = setup_distributed(cfg.maskvit.device)
     try:
-        return _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt")
+        return _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt", init_from)
     finally:
         ctx.close()
 
 
 def _train(
-    cfg: Config, data: list[str], out: Path, resume: bool, ctx: DistContext, cache_path: Path
+    cfg: Config,
+    data: list[str],
+    out: Path,
+    resume: bool,
+    ctx: DistContext,
+    cache_path: Path,
+    init_from: Path | None,
 ) -> dict[str, float]:
     mcfg = cfg.maskvit
     clip_length = mcfg.context_frames + mcfg.future_frames
@@ -184,6 +208,32 @@ def _train(
             background = torch.tensor(ckpt["extra"]["background"], device=ctx.device)
         if ctx.is_main:
             log.info("resumed from %s at step %d", existing, step)
+    elif init_from is not None:
+        ckpt = load_checkpoint(init_from, map_location=ctx.device)
+        saved = ckpt.get("extra", {}).get("model_config")
+        if saved is None or "maskvit" not in ckpt.get("models", {}):
+            raise UserError(
+                f"--init-from {init_from} is not a train-maskvit checkpoint or exported predictor"
+            )
+        if saved != model_cfg.to_dict():
+            differ = sorted(k for k, v in model_cfg.to_dict().items() if saved.get(k) != v)
+            raise UserError(
+                f"cannot start from {init_from}: its network differs from this config's in {differ}; "
+                "train with the config it was trained with (e.g. --config maskvit_cpu)"
+            )
+        trained_on = ckpt["extra"].get("tokenizer_sha256")
+        if trained_on and trained_on != tokenizer_id:
+            raise UserError(
+                f"{init_from} was trained over another tokenizer (sha256 {trained_on[:12]}...) than "
+                f"{tok_path} ({tokenizer_id[:12]}...): its codes would mean other things; pass the "
+                "tokenizer it was trained on"
+            )
+        raw_model.load_state_dict(ckpt["models"]["maskvit"])
+        if ckpt["extra"].get("background") is not None:
+            background = torch.tensor(ckpt["extra"]["background"], device=ctx.device)
+        if ctx.is_main:
+            log.info("fine-tuning from %s (trained %d steps): new optimizer, step 0 of %d", init_from,
+                     int(ckpt.get("step", 0)), mcfg.steps)  # fmt: skip
     if step >= mcfg.steps:
         log.info("already at step %d of %d: nothing to do (raise --steps to train further)", step, mcfg.steps)
         return {}
@@ -346,11 +396,47 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one process reports
     extra = [f"maskvit.steps={args.steps}"] if args.steps is not None else []
-    if args.tokenizer is not None:
-        extra.append(f"maskvit.tokenizer_checkpoint={args.tokenizer}")
+    out = Path(args.out)
+    init_from = _resolve_init(args.init_from, out) if args.init_from else None
+    tokenizer = args.tokenizer or (init_from.tokenizer if init_from else None)
+    if tokenizer is not None:
+        extra.append(f"maskvit.tokenizer_checkpoint={tokenizer}")
     cfg = config_from_args(args, extra)
-    train(cfg, list(args.data), Path(args.out), resume=args.resume, token_cache=args.token_cache)
+    train(
+        cfg,
+        list(args.data),
+        out,
+        resume=args.resume,
+        token_cache=args.token_cache,
+        init_from=init_from.maskvit if init_from else None,
+    )
     return 0
+
+
+def _resolve_init(spec: str, out: Path) -> UnpackedPredictor:
+    """--init-from as checkpoints: an exported predictor is unpacked once into OUT/init/ (rank 0; a
+    resumed run finds it there); a checkpoint is used as it is, over the tokenizer it names."""
+    from .export import unpack_predictor
+    from .shipped import DEFAULT_PREDICTOR_NAME, default_model_path
+
+    path = default_model_path() if spec == DEFAULT_PREDICTOR_NAME else Path(spec)
+    if not path.is_file():
+        raise UserError(f"--init-from {spec}: no such file")
+    if not zipfile.is_zipfile(path) or _is_checkpoint(path):
+        named = load_checkpoint(path).get("extra", {}).get("tokenizer_checkpoint")
+        return UnpackedPredictor(tokenizer=Path(named) if named else None, maskvit=path)
+    init_dir = out / "init"
+    unpacked = UnpackedPredictor(tokenizer=init_dir / "tokenizer.pt", maskvit=init_dir / "maskvit.pt")
+    if int(os.environ.get("RANK", "0")) == 0 and not unpacked.maskvit.is_file():
+        unpacked = unpack_predictor(path, init_dir)
+        log.info("unpacked %s into %s", path, init_dir)
+    return unpacked
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """torch.save files are zip archives too: a checkpoint holds data.pkl, a TorchScript file code/."""
+    with zipfile.ZipFile(path) as archive:
+        return not any("/code/" in n or n.startswith("code/") for n in archive.namelist())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..configs.errors import UserError
 from ..configs.schema import Config
+from ..models.shipped import DEFAULT_PREDICTOR_NAME, default_model_path
 from ..robot.types import ACTION_DIM
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,7 @@ class CopyLastPredictor(Predictor):
 
 
 PREDICTOR_NAMES = ("maskvit", "oracle", "copy-last", "oracle-tokenized")
-DEFAULT_PREDICTOR = "maskvit"
-# The shipped model: MaskViT trained on simulated push data (recipes/train_default_model.sh), package data
-DEFAULT_MODEL_FILE = "push_sim64.ts"
-
-
-def default_model_path() -> Path:
-    """Where the shipped MaskViT predictor lies (``maskvit_mpc/models/weights/``); it may be missing."""
-    from importlib.resources import files
-
-    return Path(str(files("maskvit_mpc.models") / "weights" / DEFAULT_MODEL_FILE))
+DEFAULT_PREDICTOR = DEFAULT_PREDICTOR_NAME
 
 
 def load_predictor(spec: str, config: Config) -> Predictor:

@@ -327,3 +327,51 @@ def test_torch_export_program_matches_the_torchscript_module(exported: dict, tmp
     ):
         E.export_predictor(exported["tok_path"], exported["mv_path"], out, overrides=noisy, fmt="both")
     assert E.load_exported_predictor(out).metadata.confidence_noise == 1.0
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_unpack_gives_back_checkpoints_that_export_to_the_same_predictor(
+    quantizer: str, tmp_path: Path
+) -> None:
+    tok_path, mv_path = write_checkpoints(tmp_path / "ckpt", quantizer=quantizer)
+    first = E.export_predictor(tok_path, mv_path, tmp_path / "first.ts")[0]
+    unpacked = E.unpack_predictor(first, tmp_path / "unpacked")
+    assert _same_state(load_tokenizer(unpacked.tokenizer), load_tokenizer(tok_path))
+    mv = load_checkpoint(unpacked.maskvit)
+    assert _same_state(maskvit_from_checkpoint(mv), maskvit_from_checkpoint(load_checkpoint(mv_path)))
+    assert mv["step"] == 11 and mv["config"]["maskvit"]["decode_steps"] == 3
+    assert mv["extra"]["tokenizer_sha256"] == file_digest(unpacked.tokenizer)  # they export together
+    again = E.load_exported_predictor(E.export_predictor(None, unpacked.maskvit, tmp_path / "again.ts")[0])
+    frames, actions = _inputs()
+    assert torch.equal(
+        again.module(frames, actions), E.load_exported_predictor(first).module(frames, actions)
+    )
+
+
+def test_unpacking_an_export_without_configs_needs_the_right_ones(exported: dict, tmp_path: Path) -> None:
+    from maskvit_mpc.configs import load_config
+
+    data = json.loads(exported["loaded"].metadata.to_json())
+    data.pop("training")  # as files exported before the configs were stored
+    old = _save_scripted_module(exported["loaded"].module, tmp_path / "old.ts", json.dumps(data))
+    with pytest.raises(E.ExportError, match="before the network configs were stored"):
+        E.unpack_predictor(old, tmp_path / "a")
+    tok_sets = ["tokenizer.image_size=16", "tokenizer.grid_size=4", "tokenizer.channel_mult=[1,2,2]",
+                "tokenizer.base_channels=8", "tokenizer.codebook_size=32", "tokenizer.quantizer=vq",
+                "tokenizer.learned_background=false"]  # fmt: skip
+    mv_sets = ["maskvit.d_model=32", "maskvit.n_heads=4", "maskvit.n_blocks=1", "maskvit.dropout=0.0",
+               f"maskvit.context_frames={CONTEXT}", f"maskvit.future_frames={FUTURE}",
+               "maskvit.action_scale=[1,1,1,1,1]"]  # fmt: skip
+    wrong = load_config("default", [*mv_sets[1:], "maskvit.d_model=64"])
+    with pytest.raises(E.ExportError, match="maskvit weights do not fit the maskvit config"):
+        E.unpack_predictor(old, tmp_path / "b", load_config("default", tok_sets), wrong)
+    unpacked = E.unpack_predictor(
+        old, tmp_path / "c", load_config("default", tok_sets), load_config("default", mv_sets)
+    )
+    assert _same_state(load_tokenizer(unpacked.tokenizer), exported["tokenizer"])
+    assert _same_state(maskvit_from_checkpoint(load_checkpoint(unpacked.maskvit)), exported["maskvit"])

@@ -139,3 +139,55 @@ def test_eval_maskvit_reports_predictions_against_copy_last(setup: tuple[Path, P
         assert -1 <= row["pred_ssim"] <= 1 and 0 <= row["object_found"] <= 1
         assert row["copy_last_object_err_px"] >= 0
     assert eval_maskvit.main(["--checkpoint", str(tok), "--data", str(episodes)]) == 2  # not a MaskViT file
+
+
+def _weights_close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_init_from_an_export_or_a_checkpoint_fine_tunes_its_weights(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from maskvit_mpc.models.export import export_predictor
+
+    episodes, tok = setup
+    base = tmp_path / "base"
+    quiet = ["--set", "maskvit.val_decode_clips=0"]
+    assert train_maskvit.main(_argv(episodes, tok, base, "--steps", "2", *quiet)) == 0
+    trained = load_checkpoint(base / "step_0000002.pt")
+    predictor = export_predictor(tok, base / "step_0000002.pt", tmp_path / "p.ts")[0]
+
+    # from the export, with no --tokenizer: its own tokenizer is unpacked and used; a tiny lr keeps the weights
+    argv = _argv(episodes, tok, tmp_path / "ft", "--steps", "2", "--init-from", str(predictor), *quiet)
+    at = argv.index("--tokenizer")
+    del argv[at : at + 2]
+    assert train_maskvit.main(argv + ["--set", "maskvit.lr=1e-12", "--set", "maskvit.warmup_steps=0"]) == 0
+    tuned = load_checkpoint(tmp_path / "ft" / "step_0000002.pt")
+    assert tuned["step"] == 2  # a new schedule, not the base run's
+    assert tuned["extra"]["tokenizer_checkpoint"] == str(tmp_path / "ft" / "init" / "tokenizer.pt")
+    assert _weights_close(tuned["models"]["maskvit"], trained["models"]["maskvit"])
+    assert tuned["extra"]["background"] == trained["extra"]["background"]
+
+    # from the checkpoint, with a real learning rate: it starts from those weights and moves them
+    argv = _argv(
+        episodes, tok, tmp_path / "ft2", "--steps", "2", "--init-from", str(base / "step_0000002.pt")
+    )
+    assert train_maskvit.main(argv + quiet) == 0
+    moved = load_checkpoint(tmp_path / "ft2" / "step_0000002.pt")["models"]["maskvit"]
+    assert not _weights_close(moved, trained["models"]["maskvit"])
+
+    # another network or another tokenizer is refused with what differs
+    argv = _argv(episodes, tok, tmp_path / "bad", "--init-from", str(base / "step_0000002.pt"))
+    assert train_maskvit.main(argv + ["--set", "maskvit.d_model=64"]) == 2
+    assert "differs from this config's in ['d_model']" in capsys.readouterr().err
+    other = tmp_path / "other_tok.pt"
+    data = torch.load(tok, weights_only=True)
+    data["step"] = 5
+    torch.save(data, other)
+    assert train_maskvit.main(_argv(episodes, other, tmp_path / "bad2", "--init-from", str(predictor))) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+    assert (
+        train_maskvit.main(_argv(episodes, tok, tmp_path / "bad3", "--init-from", str(tmp_path / "no.ts")))
+        == 2
+    )
+    assert "no such file" in capsys.readouterr().err

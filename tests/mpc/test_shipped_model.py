@@ -84,3 +84,18 @@ def test_mpc_run_in_simulation_uses_the_shipped_model_by_default(tmp_path, capsy
     assert "success:" in printed and "final distance" in printed
     meta = json.loads((out / "episode.json").read_text())["meta"]
     assert meta["predictor"].startswith("maskvit:")
+
+
+def test_the_shipped_model_unpacks_into_checkpoints_for_fine_tuning(tmp_path):
+    """`train-maskvit --init-from maskvit` needs the networks' configs inside the file."""
+    from maskvit_mpc.models.export import unpack_predictor
+    from maskvit_mpc.models.maskvit import maskvit_from_checkpoint
+    from maskvit_mpc.models.tokenizer import load_tokenizer
+    from maskvit_mpc.models.training import load_checkpoint
+
+    unpacked = unpack_predictor(default_model_path(), tmp_path)
+    cfg = load_config("default")
+    assert load_tokenizer(unpacked.tokenizer).image_size == cfg.sim.image_size
+    mv = load_checkpoint(unpacked.maskvit)
+    assert mv["config"]["maskvit"]["context_frames"] == cfg.mpc.context_frames
+    assert maskvit_from_checkpoint(mv).num_frames >= cfg.mpc.context_frames + cfg.planner.horizon

@@ -6,9 +6,14 @@ import csv
 import json
 import logging
 import math
+import multiprocessing
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -16,6 +21,7 @@ from tqdm import tqdm
 
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
+from ..configs.schema import Config
 from ..robot.client import ZmqArm
 from ..robot.launch import launch_sim_server
 from ..robot.zmq_camera import ZmqCamera
@@ -31,6 +37,7 @@ EXAMPLES = """
   mpc-eval --task reach --episodes 20 --predictor random --out reach-random.csv
   mpc-eval --task push --episodes 10 --seed 100 --predictor copy-last --logs runs/eval-logs
   mpc-eval --task push --episodes 4 --set planner.samples=40 --set mpc.oracle_workers=2
+  mpc-eval --task push --episodes 30 --seed 1000 --workers 2   # two processes, one core each
 
 Episode i uses seed S + i, so two predictors evaluated with the same --seed see the same scenes and
 goals. Results: success rate with its 95% Wilson interval, mean final distance, seconds per planning
@@ -86,6 +93,13 @@ def _parser():
     )
     parser.add_argument("--logs", type=Path, help="also save every episode's log under this folder")
     parser.add_argument("--max-steps", type=int, help="override mpc.max_steps")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the episodes in this many processes, each with its own simulated arm and an equal "
+        "share of the CPU cores (the results are the same as with one)",
+    )
     return parser
 
 
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.out is not None and args.out.suffix not in (".json", ".csv"):
         raise UserError(f"--out must end in .json or .csv, got {str(args.out)!r}")
     extra = [f"task.name={args.task}"] if args.task else []
@@ -104,30 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("maskvit_mpc.mpc.loop").setLevel(logging.WARNING)  # the progress bar says enough
 
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    workers = min(args.workers, len(seeds))
+    start = time.perf_counter()
+    bar = tqdm(total=len(seeds), desc=f"{cfg.task.name} / {args.predictor}")
     rows: list[dict[str, Any]] = []
     plan_times: list[float] = []
-    start = time.perf_counter()
-    with ExitStack() as stack:
-        predictor = (
-            None if args.predictor == "random" else stack.enter_context(load_predictor(args.predictor, cfg))
-        )
-        server = stack.enter_context(launch_sim_server(cfg, verbose=args.verbose))
-        arm = stack.enter_context(ZmqArm(server.bridge))
-        camera = stack.enter_context(ZmqCamera(server.bridge))
-        session = SimSession(cfg, arm, camera)
-        stack.callback(session.close)
-        bar = tqdm(range(args.seed, args.seed + args.episodes), desc=f"{cfg.task.name} / {args.predictor}")
-        for seed in bar:
-            episode = session.run(seed, predictor, episode=EpisodeLog(goal_image=None))
-            summary = episode.summary()
-            rows.append({"seed": seed, **summary})
-            plan_times.extend(episode.plan_times().tolist())
-            if args.logs is not None:
-                episode.save(
-                    args.logs / f"seed{seed}", gif=cfg.mpc.save_gif, gif_frame_ms=cfg.mpc.gif_frame_ms
-                )
-            done = sum(bool(r["success"]) for r in rows)
-            bar.set_postfix(success=f"{done}/{len(rows)}", plan_s=f"{np.mean(plan_times):.2f}")
+
+    def report(row: dict[str, Any], times: list[float]) -> None:
+        rows.append(row)
+        plan_times.extend(times)
+        bar.update(1)
+        done = sum(bool(r["success"]) for r in rows)
+        bar.set_postfix(success=f"{done}/{len(rows)}", plan_s=f"{np.mean(plan_times):.2f}")
+
+    if workers == 1:
+        _run_seeds(cfg, args.predictor, seeds, args.logs, args.verbose, report)
+    else:
+        _run_in_workers(cfg, args.predictor, seeds, args.logs, args.verbose, workers, report)
+    bar.close()
+    rows.sort(key=lambda r: r["seed"])
     result = {
         "task": cfg.task.name,
         "predictor": args.predictor,
@@ -148,6 +160,89 @@ def main(argv: list[str] | None = None) -> int:
     _write(out, result, rows, cfg.model_dump(mode="json"))
     print(f"results: {out}")
     return 0
+
+
+def _run_seeds(
+    cfg: Config,
+    predictor_spec: str,
+    seeds: list[int],
+    logs: Path | None,
+    verbose: bool,
+    report: Callable[[dict[str, Any], list[float]], None],
+) -> None:
+    """One simulated arm server, camera and predictor for these episodes; ``report(row, plan_times)``
+    after each."""
+    with ExitStack() as stack:
+        predictor = (
+            None if predictor_spec == "random" else stack.enter_context(load_predictor(predictor_spec, cfg))
+        )
+        server = stack.enter_context(launch_sim_server(cfg, verbose=verbose))
+        arm = stack.enter_context(ZmqArm(server.bridge))
+        camera = stack.enter_context(ZmqCamera(server.bridge))
+        session = SimSession(cfg, arm, camera)
+        stack.callback(session.close)
+        for seed in seeds:
+            episode = session.run(seed, predictor, episode=EpisodeLog(goal_image=None))
+            if logs is not None:
+                episode.save(logs / f"seed{seed}", gif=cfg.mpc.save_gif, gif_frame_ms=cfg.mpc.gif_frame_ms)
+            report({"seed": seed, **episode.summary()}, episode.plan_times().tolist())
+
+
+def _worker(
+    cfg: Config,
+    predictor_spec: str,
+    seeds: list[int],
+    logs: Path | None,
+    verbose: bool,
+    threads: int,
+    queue: Any,
+) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # the workers share the cores instead of each taking them all
+    if not verbose:
+        logging.getLogger("maskvit_mpc.mpc.loop").setLevel(logging.WARNING)
+    _run_seeds(cfg, predictor_spec, seeds, logs, verbose, lambda row, times: queue.put((row, times)))
+
+
+def _run_in_workers(
+    cfg: Config,
+    predictor_spec: str,
+    seeds: list[int],
+    logs: Path | None,
+    verbose: bool,
+    workers: int,
+    report: Callable[[dict[str, Any], list[float]], None],
+) -> None:
+    """The episodes split over ``workers`` processes, each with its own arm server, camera and predictor
+    and an equal share of the cores; every episode keeps its seed, so the results are those of one
+    process."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    chunks = [seeds[i::workers] for i in range(workers)]
+    context = multiprocessing.get_context("spawn")  # no forked torch or ZeroMQ state
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        futures = [
+            pool.submit(_worker, cfg, predictor_spec, chunk, logs, verbose, threads, queue)
+            for chunk in chunks
+        ]
+        reported = 0
+        while reported < len(seeds):
+            try:
+                row, times = queue.get(timeout=1.0)
+            except Empty:
+                row = None
+            if row is not None:
+                report(row, times)
+                reported += 1
+                continue
+            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+            if failed is not None:  # a worker's error (a bad predictor file, say) is the run's
+                for f in futures:
+                    f.cancel()
+                raise failed.exception()
+        for f in futures:
+            f.result()
 
 
 def _write(path: Path, result: dict[str, Any], rows: list[dict[str, Any]], config: dict[str, Any]) -> None:

@@ -257,3 +257,27 @@ def test_real_arm_path_reads_the_configured_camera_through_the_shared_preprocess
 def test_camera_flag_is_refused_with_sim(capsys):
     assert run.main(["--sim", "--camera", "realsense"]) == 2
     assert "--camera is for a real robot" in capsys.readouterr().err
+
+
+def test_eval_workers_give_the_results_of_one_process(tmp_path, capsys):
+    """--workers splits the seeds over processes (spawned, each with its own sim server); every episode
+    keeps its seed, so the per-episode results equal a single process's."""
+    args = ["--task", "reach", "--episodes", "3", "--predictor", "random", "--max-steps", "2", *TINY]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert evaluate.main([*args, "--out", str(one)]) == 0
+    assert evaluate.main([*args, "--out", str(two), "--workers", "2"]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert [r["seed"] for r in b["episodes_detail"]] == [0, 1, 2]
+    for ra, rb in zip(a["episodes_detail"], b["episodes_detail"], strict=True):
+        assert ra["final_distance_m"] == rb["final_distance_m"] and ra["success"] == rb["success"]
+    assert a["successes"] == b["successes"] and b["episodes"] == 3
+    assert evaluate.main([*args, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_eval_workers_pass_a_worker_error_on(tmp_path, capsys):
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(b"not a model")
+    argv = ["--task", "push", "--episodes", "2", "--predictor", str(bad), "--workers", "2", *TINY]
+    assert evaluate.main(argv) == 2
+    assert "(not a zip archive); export one with export-predictor" in capsys.readouterr().err

@@ -41,14 +41,14 @@ def main() -> None:
     for seed in range(args.seed, args.seed + args.scenes):
         episode = make_task(cfg.task).sample(sim, seed=seed)
         sim.set_state(episode.initial_state)
-        now = sim.render()
+        now, pose = sim.render(), sim.ee_pose()
         ends = []
         for seq in actions:
             sim.set_state(episode.initial_state)
             for a in seq:
                 sim.step(a)
             ends.append(gripper_centre(sim.render()))
-        scenes.append((episode, now, ends))
+        scenes.append((episode, now, ends, pose))
     sim.close()
 
     print(f"{command_line()}\n")
@@ -58,12 +58,15 @@ def main() -> None:
         followed = cases = missing = 0
         errors = []
         with load_predictor(name, cfg) as predictor:
-            for episode, now, ends in scenes:
+            for episode, now, ends, pose in scenes:
                 if predictor.needs_sim_state:
                     predictor.set_sim_state(episode.initial_state)
                 context = np.repeat(now[None, None], cfg.mpc.context_frames, axis=1)
                 predicted = predictor.predict(
-                    np.repeat(context, len(MOVES), axis=0), actions, frame_indices=[horizon - 1]
+                    np.repeat(context, len(MOVES), axis=0),
+                    actions,
+                    frame_indices=[horizon - 1],
+                    **({"pose": pose} if predictor.needs_pose else {}),
                 )
                 start = gripper_centre(now)
                 for i, end in enumerate(ends):

@@ -108,7 +108,8 @@ def main() -> None:
         for name, predictor in predictors.items():
             if predictor.needs_sim_state:
                 predictor.set_sim_state(episode.initial_state)
-            predicted = predictor.predict(context, plans, frame_indices=[horizon - 1])
+            pose = {"pose": sim.ee_pose()} if predictor.needs_pose else {}
+            predicted = predictor.predict(context, plans, frame_indices=[horizon - 1], **pose)
             model_cost = cost(predicted)
             rho = spearman(model_cost, true_cost)
             chosen = np.argsort(model_cost, kind="stable")[:5]

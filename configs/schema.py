@@ -382,6 +382,13 @@ class MaskViTConfig(_Strict):
     # Also condition frame t+1 on the sum of the actions since the clip's first frame (its displacement
     # from a visible context frame), not only on the last action.
     action_cumulative: bool = False
+    # Also condition on the end effector's x, y, z at the clip's first frame, normalised as
+    # (position - pose_offset) / pose_scale (metres): the oblique camera shows a raised gripper much like
+    # one further back, and whether it pushes an object depends on that height. The planner passes the
+    # arm's pose; fine-tuning a model without it (train-maskvit --init-from) starts from zero weights.
+    pose_conditioning: bool = False
+    pose_offset: list[float] = [0.0, 0.0, 0.1]
+    pose_scale: list[float] = [0.15, 0.15, 0.1]
     context_frames: int = Field(2, ge=1)  # observed frames (VP2 planner default: 2)
     future_frames: int = Field(10, ge=1)  # predicted frames; planning needs a horizon of at least 8
     # masked-visual-modeling objective (models/masking.py)
@@ -445,6 +452,11 @@ class MaskViTConfig(_Strict):
         if len(self.action_scale) != 5 or min(self.action_scale) <= 0:
             raise ValueError(
                 f"action_scale needs 5 positive values (dx, dy, dz, dyaw, gripper), got {self.action_scale}"
+            )
+        if len(self.pose_offset) != 3 or len(self.pose_scale) != 3 or min(self.pose_scale) <= 0:
+            raise ValueError(
+                f"pose_offset needs 3 values and pose_scale 3 positive ones (x, y, z metres), got "
+                f"{self.pose_offset} and {self.pose_scale}"
             )
         return self
 

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             items = [dataset[int(i)] for i in chunk]
             frames = torch.stack([torch.as_tensor(it["frames"]) for it in items])  # (B, T, H, W, 3) uint8
             actions = torch.stack([it["actions"] for it in items])
+            start_pose = torch.stack(
+                [torch.as_tensor(it["poses"][0, :3], dtype=torch.float32) for it in items]
+            )
             segs = [clip_segmentation(dataset, int(i)) for i in chunk]
             with torch.no_grad():
                 x = frames.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     schedule=mcfg.mask_schedule,
                     temperature=args.temperature,
                     generator=torch.Generator().manual_seed(0),
+                    start_pose=start_pose,
                 )
             for k, v in m.items():
                 sums.setdefault(k, []).append(v)

@@ -171,6 +171,7 @@ class PredictorModule(nn.Module):
         self.grid_w = maskvit.grid_w
         self.mask_token = maskvit.mask_token
         self.action_dim = maskvit.action_dim
+        self.pose_conditioning = maskvit.pose_conditioning
         self.context_frames = context_frames
         self.future_frames = maskvit.num_frames - context_frames
         self.decode_steps = decode_steps
@@ -181,10 +182,25 @@ class PredictorModule(nn.Module):
         self.metadata_json = metadata_json
         self.forward_passes = 0
 
-    def _logits(self, tokens: Tensor, actions: Tensor, bf16: bool) -> Tensor:
+    def _logits(self, tokens: Tensor, actions: Tensor, bf16: bool, start_pose: Tensor | None) -> Tensor:
         if bf16:
-            return self.maskvit_bf16(tokens, actions)
-        return self.maskvit(tokens, actions)
+            return self.maskvit_bf16(tokens, actions, start_pose)
+        return self.maskvit(tokens, actions, start_pose)
+
+    def _start_pose(self, start_pose: Tensor | None, n: int) -> Tensor | None:
+        """(N, 3) float positions for a pose-conditioned model (given as (3,), (1, 3) or (N, 3)); None
+        for a model without pose conditioning, which ignores them."""
+        if not self.pose_conditioning:
+            return None
+        if start_pose is None:
+            raise ValueError(
+                "this predictor conditions on the arm's position (x, y, z, metres) at the first context "
+                "frame: pass start_pose"
+            )
+        pose = start_pose.float().reshape(-1, 3)
+        if pose.shape[0] != 1 and pose.shape[0] != n:
+            raise ValueError("start_pose must be (3,), (1, 3) or (N, 3), got " + str(list(start_pose.shape)))
+        return pose.expand(n, 3)
 
     @torch.jit.export
     def encode_context(self, frames: Tensor) -> Tensor:
@@ -217,9 +233,12 @@ class PredictorModule(nn.Module):
         temperature: float | None = None,
         generator: torch.Generator | None = None,
         bf16: bool | None = None,
+        start_pose: Tensor | None = None,
     ) -> Tensor:
         """Decode the future: context codes (C, h, w) shared by all, or (N, C, h, w); actions (N, C-1+H, 5)
-        float (metres, radians, gripper in [-1, 1]) -> (N, H, h, w) int64, 1 <= H <= future_frames."""
+        float (metres, radians, gripper in [-1, 1]) -> (N, H, h, w) int64, 1 <= H <= future_frames.
+        ``start_pose`` (3,) or (N, 3): the end effector's x, y, z (metres) at the first context frame;
+        required when the model was trained with pose conditioning (metadata ``pose_conditioning``)."""
         n_steps = self.decode_steps if steps is None else steps
         temp = self.temperature if temperature is None else temperature
         use_bf16 = self.bf16 if bf16 is None else bf16
@@ -263,6 +282,7 @@ class PredictorModule(nn.Module):
         noise: list[float] = []
         for s in range(n_steps):
             noise.append(self.confidence_noise * (1.0 - (s + 1) / n_steps))
+        pose = self._start_pose(start_pose, N)
         with torch.no_grad():
             actions = actions.float()
             future = torch.full(
@@ -276,7 +296,7 @@ class PredictorModule(nn.Module):
             for s in range(n_steps):
                 if not bool(mask.any()):
                     break
-                logits = self._logits(tokens, actions, use_bf16)
+                logits = self._logits(tokens, actions, use_bf16, pose)
                 self.forward_passes += 1
                 tokens, mask = iterative_decode_step(
                     logits, tokens, mask, n_initial, ratios[s], temp, noise[s], generator
@@ -302,10 +322,12 @@ class PredictorModule(nn.Module):
         temperature: float | None = None,
         generator: torch.Generator | None = None,
         bf16: bool | None = None,
+        start_pose: Tensor | None = None,
     ) -> Tensor:
-        """context_frames (C, S, S, 3) uint8, actions (N, C-1+H, 5) -> predicted (N, H, S, S, 3) uint8."""
+        """context_frames (C, S, S, 3) uint8, actions (N, C-1+H, 5) -> predicted (N, H, S, S, 3) uint8;
+        ``start_pose`` as in :meth:`predict_tokens`."""
         context = self.encode_context(context_frames)
-        future = self.predict_tokens(context, actions, steps, temperature, generator, bf16)
+        future = self.predict_tokens(context, actions, steps, temperature, generator, bf16, start_pose)
         return self.decode_frames(future)
 
     @torch.jit.export
@@ -338,6 +360,8 @@ class PredictorMetadata:
     frame_skip: int = 1  # control steps per model frame in training (data.frame_skip)
     action_source: str = "applied"
     action_conditioning: str = "input"
+    # the model also takes the arm's x, y, z at the first context frame (predict_tokens' start_pose)
+    pose_conditioning: bool = False
     checkpoints: dict[str, Any] = field(default_factory=dict)  # {tokenizer|maskvit: {path, sha256, step}}
     # what unpack_predictor needs to turn the file back into training checkpoints: per network its
     # model_config and config sections ({tokenizer: {...}, maskvit: {..., background}}); {} in files
@@ -515,6 +539,7 @@ def build_predictor_module(
         frame_skip=int(data_cfg.get("frame_skip", 1)),
         action_source=str(data_cfg.get("action_source", "applied")),
         action_conditioning=maskvit.config.action_conditioning,
+        pose_conditioning=maskvit.config.pose_conditioning,
         checkpoints={
             "tokenizer": {"path": str(tok_path), "sha256": tok_sha, "step": int(tok_data.get("step", 0))},
             "maskvit": {
@@ -621,7 +646,7 @@ class _UnrolledPrediction(nn.Module):
         steps = module.decode_steps
         self.noise = [module.confidence_noise * (1.0 - (s + 1) / steps) for s in range(steps)]
 
-    def forward(self, context_frames: Tensor, actions: Tensor) -> Tensor:
+    def forward(self, context_frames: Tensor, actions: Tensor, start_pose: Tensor | None = None) -> Tensor:
         m = self.module
         C = m.context_frames
         context = m.encode_context(context_frames)  # (C, h, w)
@@ -636,9 +661,10 @@ class _UnrolledPrediction(nn.Module):
             dim=1,
         )
         n_initial = mask.flatten(1).sum(dim=1)
+        pose = None if start_pose is None else start_pose.float().expand(N, 3)
         for ratio, noise in zip(self.ratios, self.noise, strict=True):
             # no early exit: once nothing is masked a step changes nothing
-            logits = m._logits(tokens, actions.float(), m.bf16)
+            logits = m._logits(tokens, actions.float(), m.bf16, pose)
             tokens, mask = iterative_decode_step(logits, tokens, mask, n_initial, ratio, m.temperature, noise)
         return m.decode_frames(tokens[:, C:])
 
@@ -655,15 +681,16 @@ def export_program(module: PredictorModule, path: Path) -> Path:
         )
     C, F_ = module.context_frames, module.future_frames
     S = module.image_size
-    example = (
+    example: tuple[Tensor, ...] = (
         torch.zeros(C, S, S, 3, dtype=torch.uint8),
         torch.zeros(2, C - 1 + F_, module.action_dim),
     )
     n = torch.export.Dim("samples", min=1, max=65536)
+    dynamic: tuple[dict, ...] = ({}, {0: n})
+    if module.pose_conditioning:  # a third input: the arm's position, (1, 3) for all samples
+        example, dynamic = (*example, torch.zeros(1, 3)), (*dynamic, {})
     try:
-        program = torch.export.export(
-            _UnrolledPrediction(module).eval(), example, dynamic_shapes=({}, {0: n})
-        )
+        program = torch.export.export(_UnrolledPrediction(module).eval(), example, dynamic_shapes=dynamic)
     except Exception as exc:  # torch.export raises many kinds for graphs it cannot capture
         raise ExportError(
             f"torch.export could not capture the predictor ({type(exc).__name__}: "

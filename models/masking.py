@@ -222,15 +222,17 @@ class MVMObjective:
         tokens: Tensor,
         actions: Tensor | None = None,
         generator: torch.Generator | None = None,
+        start_pose: Tensor | None = None,
     ) -> MVMLoss:
-        """Mask ``tokens`` (B, T, h, w), run ``model(masked, actions)`` and score the masked positions.
+        """Mask ``tokens`` (B, T, h, w), run ``model(masked, actions, start_pose)`` and score the masked
+        positions.
 
         ``generator`` must live on ``tokens.device`` (None: torch's global generator).
         """
         B, T, h, w = tokens.shape
         targets = target_frames(T, self.context_frames, self.extra_visible_frames)
         mask = sample_mask(targets, B, (h, w), self.ratio_range, generator, tokens.device)
-        logits = model(apply_mask(tokens, mask, self.mask_token), actions)
+        logits = model(apply_mask(tokens, mask, self.mask_token), actions, start_pose)
         weights = token_weights(tokens, self.token_weighting, self.token_weight, self.background)
         loss = mvm_loss(logits, tokens, mask, weights, self.label_smoothing)
         with torch.no_grad():

@@ -38,6 +38,7 @@ from ..configs.schema import MaskViTConfig
 __all__ = ["MaskViT", "MaskViTInputError", "MaskViTModelConfig", "maskvit_from_checkpoint"]
 
 ACTION_DIM = 5  # dx, dy, dz, dyaw, gripper (robot/types.py); repeated here so models need not import robot
+POSE_DIM = 3  # the end effector's x, y, z (metres) that pose conditioning uses of the arm's 5-D pose
 
 
 class MaskViTInputError(UserError, ValueError):
@@ -69,6 +70,14 @@ class MaskViTModelConfig:
     # Also feed the running sum of the (scaled) actions since the clip's first frame: frame t+1 then
     # sees its total displacement from a visible context frame directly, not only the last step.
     action_cumulative: bool = False
+    # Condition every frame on the arm's end-effector position (x, y, z, metres) at the clip's first
+    # frame: with the summed actions it gives the gripper's absolute position in every frame, which the
+    # oblique camera cannot tell apart from the image (a higher gripper looks like one further back, and
+    # only a low one pushes). Normalised as (position - pose_offset) / pose_scale; zero-initialised, so
+    # a model fine-tuned with it starts out as the model without it.
+    pose_conditioning: bool = False
+    pose_offset: list[float] | None = None
+    pose_scale: list[float] | None = None
 
     @property
     def action_features(self) -> int:
@@ -81,6 +90,14 @@ class MaskViTModelConfig:
                 raise MaskViTInputError(
                     f"action_scale needs {self.action_dim} positive values, got {self.action_scale}"
                 )
+        for name in ("pose_offset", "pose_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, [float(v) for v in value])
+                if len(value) != POSE_DIM:
+                    raise MaskViTInputError(f"{name} needs {POSE_DIM} values (x, y, z), got {value}")
+        if self.pose_scale is not None and min(self.pose_scale) <= 0:
+            raise MaskViTInputError(f"pose_scale must be positive, got {self.pose_scale}")
         if self.d_model % self.n_heads:
             raise MaskViTInputError(
                 f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
@@ -121,6 +138,9 @@ class MaskViTModelConfig:
             action_conditioning=cfg.action_conditioning,
             action_scale=list(cfg.action_scale),
             action_cumulative=cfg.action_cumulative,
+            pose_conditioning=cfg.pose_conditioning,
+            pose_offset=list(cfg.pose_offset) if cfg.pose_conditioning else None,
+            pose_scale=list(cfg.pose_scale) if cfg.pose_conditioning else None,
         )
 
     @classmethod
@@ -221,10 +241,17 @@ class Block(nn.Module):
         self.action_proj = (
             nn.Linear(cfg.action_features, cfg.d_model) if cfg.action_conditioning == "every_block" else None
         )
+        self.pose_proj = (
+            nn.Linear(POSE_DIM, cfg.d_model)
+            if cfg.pose_conditioning and cfg.action_conditioning == "every_block"
+            else None
+        )
 
-    def forward(self, x: Tensor, actions: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, actions: Tensor | None, pose: Tensor | None) -> Tensor:
         if self.action_proj is not None and actions is not None:
             x = x + _frame_action_term(self.action_proj(actions))
+        if self.pose_proj is not None and pose is not None:
+            x = x + self.pose_proj(pose)[:, None, None, None, :]
         return self.second(self.first(x))
 
 
@@ -235,11 +262,13 @@ def _frame_action_term(projected: Tensor) -> Tensor:
 
 
 class MaskViT(nn.Module):
-    """The transformer. ``forward(tokens, actions)`` -> logits over the codebook at every position.
+    """The transformer. ``forward(tokens, actions, start_pose)`` -> logits over the codebook at every position.
 
     tokens: (B, T, h, w) long, codebook indices or ``mask_token``; T <= num_frames.
     actions: (B, T-1, action_dim) float (metres / radians / gripper in [-1, 1]) or None (action-free);
         divided by ``config.action_scale`` inside, so callers pass them as the robot commands them.
+    start_pose: (B, 3) float, the end effector's x, y, z (metres, robot base frame) at the clip's first
+        frame; required by a model with ``pose_conditioning``, ignored by others.
     returns: (B, T, h, w, codebook_size) float logits ([MASK] is never predicted).
     """
 
@@ -254,6 +283,11 @@ class MaskViT(nn.Module):
         self.num_frames = cfg.num_frames
         self.action_dim = cfg.action_dim
         self.action_cumulative = cfg.action_cumulative
+        self.pose_conditioning = cfg.pose_conditioning
+        offset = cfg.pose_offset if cfg.pose_offset is not None else [0.0] * POSE_DIM
+        pose_scale = cfg.pose_scale if cfg.pose_scale is not None else [1.0] * POSE_DIM
+        self.register_buffer("pose_offset", torch.tensor(offset, dtype=torch.float32), persistent=False)
+        self.register_buffer("pose_scale", torch.tensor(pose_scale, dtype=torch.float32), persistent=False)
         scale = cfg.action_scale if cfg.action_scale is not None else [1.0] * cfg.action_dim
         # derived from the config, so not part of the state dict
         self.register_buffer("action_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
@@ -264,6 +298,11 @@ class MaskViT(nn.Module):
         self.action_proj = (
             nn.Linear(cfg.action_features, cfg.d_model) if cfg.action_conditioning == "input" else None
         )
+        self.pose_proj = (
+            nn.Linear(POSE_DIM, cfg.d_model)
+            if cfg.pose_conditioning and cfg.action_conditioning != "every_block"
+            else None
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_blocks)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -273,10 +312,14 @@ class MaskViT(nn.Module):
         nn.init.normal_(self.pos_temporal, std=0.02)
         # residual projections scaled down with depth, as GPT-2 does: keeps the stream's variance flat
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight") and "action" not in name:
+            if name.endswith("proj.weight") and "action" not in name and "pose" not in name:
                 nn.init.normal_(p, std=0.02 / math.sqrt(4 * cfg.n_blocks))
+            if "pose_proj" in name:
+                nn.init.zeros_(p)
 
-    def forward(self, tokens: Tensor, actions: Tensor | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, actions: Tensor | None = None, start_pose: Tensor | None = None
+    ) -> Tensor:
         B, T, h, w = tokens.shape
         if h != self.grid_h or w != self.grid_w:
             raise MaskViTInputError(
@@ -300,13 +343,25 @@ class MaskViT(nn.Module):
                 scaled = torch.cat([scaled, torch.cumsum(scaled, dim=1)], dim=2)
             actions = scaled.to(self.pos_temporal.dtype)
 
+        pose: Tensor | None = None
+        if self.pose_conditioning:
+            if start_pose is None:
+                raise MaskViTInputError(
+                    "this model conditions on the arm's position at the clip's first frame: pass start_pose (B, 3)"
+                )
+            if start_pose.dim() != 2 or start_pose.shape[0] != B or start_pose.shape[1] != 3:
+                raise MaskViTInputError(f"start_pose must be (B, 3) = ({B}, 3), got {list(start_pose.shape)}")
+            pose = ((start_pose.float() - self.pose_offset) / self.pose_scale).to(self.pos_temporal.dtype)
+
         x = self.tok_emb(tokens)  # (B, T, h, w, d)
         x = x + self.pos_spatial + self.pos_temporal[:T, None, None, :]
         if self.action_proj is not None and actions is not None:
             x = x + _frame_action_term(self.action_proj(actions))
+        if self.pose_proj is not None and pose is not None:
+            x = x + self.pose_proj(pose)[:, None, None, None, :]  # the same for every token of the clip
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, actions)
+            x = block(x, actions, pose)
         return self.head(self.ln_f(x))  # (B, T, h, w, codebook_size)
 
     def num_parameters(self) -> int:

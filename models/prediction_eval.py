@@ -58,12 +58,14 @@ def decode_future(
     temperature: float = 0.0,
     confidence_noise: float = 0.0,
     generator: torch.Generator | None = None,
+    start_pose: Tensor | None = None,
 ) -> Tensor:
-    """tokens (B, T, h, w): the first ``context_frames`` are given, the rest are decoded -> (B, T, h, w)."""
+    """tokens (B, T, h, w): the first ``context_frames`` are given, the rest are decoded -> (B, T, h, w).
+    ``start_pose`` (B, 3): the arm's position at the first frame, for a pose-conditioned model."""
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, context_frames:] = True
     result = iterative_decode(
-        lambda t: model(t, actions),
+        lambda t: model(t, actions, start_pose),
         tokens,
         mask,
         model.mask_token,
@@ -157,14 +159,16 @@ def evaluate_predictions(
     schedule: str = "cosine",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    start_pose: Tensor | None = None,
 ) -> dict[str, float]:
     """Metrics of one batch of clips. frames: (B, T, H, W, 3) uint8 true frames; tokens: their codes
-    (B, T, h, w); actions (B, T-1, 5) or None; segmentation (B, T, H, W) or None (real data)."""
+    (B, T, h, w); actions (B, T-1, 5) or None; segmentation (B, T, H, W) or None (real data);
+    start_pose (B, 3) the arm's position at the first frame (pose-conditioned models)."""
     model.eval()
     tokenizer.eval()
     B, T = tokens.shape[:2]
     decoded = decode_future(
-        model, tokens, actions, context_frames, steps, schedule, temperature, 0.0, generator
+        model, tokens, actions, context_frames, steps, schedule, temperature, 0.0, generator, start_pose
     )
     # pixels and their metrics in fp32 even under a caller's bf16 autocast: SSIM's local variances
     # cancel catastrophically in bf16, and the planner decodes frames in fp32 too
@@ -224,6 +228,7 @@ class ClipBatch:
     frames: Tensor  # (B, T, H, W, 3) uint8
     tokens: Tensor  # (B, T, h, w) long
     actions: Tensor  # (B, T-1, 5) float32
+    start_pose: Tensor  # (B, 3) float32, the end effector's x, y, z at the first frame
     segmentation: Tensor | None  # (B, T, H, W) uint8, None unless every clip has one
 
 
@@ -236,6 +241,7 @@ def clip_batch(clips: Dataset, tokens: Dataset, indices: list[int]) -> ClipBatch
         frames=torch.stack([torch.as_tensor(it["frames"]) for it in items]),
         tokens=torch.stack([it["tokens"] for it in token_items]),
         actions=torch.stack([it["actions"] for it in token_items]),
+        start_pose=torch.stack([it["start_pose"] for it in token_items]),
         segmentation=None if any(s is None for s in segs) else torch.stack(segs),  # type: ignore[misc]
     )
 

@@ -56,6 +56,7 @@ class TokenCache:
         self.image_size = image_size
         self.codes: dict[str, Tensor] = {}
         self.actions: dict[str, dict[str, np.ndarray]] = {}
+        self.poses: dict[str, np.ndarray] = {}  # (num_frames, 3) float32 end-effector x, y, z
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -69,6 +70,10 @@ class TokenCache:
     def episode_actions(self, episode: Episode, source: str) -> np.ndarray:
         return self.actions[_key(episode)][source]
 
+    def episode_positions(self, episode: Episode) -> np.ndarray:
+        """(num_frames, 3) float32: the end effector's x, y, z (metres) at each frame."""
+        return self.poses[_key(episode)]
+
     @torch.no_grad()
     def add(
         self,
@@ -77,7 +82,11 @@ class TokenCache:
         batch_frames: int = 256,
         progress: bool = True,
     ) -> int:
-        """Encode the episodes not cached yet; returns how many were added."""
+        """Encode the episodes not cached yet; returns how many were added (or given their positions:
+        caches written before positions were kept get them from the episode files, without encoding)."""
+        for episode in episodes:
+            if self.has(episode) and _key(episode) not in self.poses:
+                self.poses[_key(episode)] = _positions(episode)
         todo = [e for e in episodes if not self.has(e)]
         if not todo:
             return 0
@@ -99,6 +108,7 @@ class TokenCache:
                 source: episode.actions(0, n_actions, source).astype(np.float32)
                 for source in _action_sources(episode)
             }
+            self.poses[key] = _positions(episode)
         return len(todo)
 
     def save(self, path: str | Path) -> None:
@@ -110,6 +120,7 @@ class TokenCache:
             "image_size": self.image_size,
             "codes": self.codes,
             "actions": {k: {s: torch.from_numpy(a) for s, a in v.items()} for k, v in self.actions.items()},
+            "poses": {k: torch.from_numpy(p) for k, p in self.poses.items()},
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
@@ -137,6 +148,7 @@ class TokenCache:
         cache = cls(tokenizer_id, image_size)
         cache.codes = data["codes"]
         cache.actions = {k: {s: a.numpy() for s, a in v.items()} for k, v in data["actions"].items()}
+        cache.poses = {k: p.numpy() for k, p in data.get("poses", {}).items()}
         return cache
 
     @classmethod
@@ -150,11 +162,18 @@ class TokenCache:
     ) -> TokenCache:
         """Load the cache, encode whatever episodes it lacks, and save it if anything was added."""
         cache = cls.load(path, tokenizer_id, tokenizer.image_size) or cls(tokenizer_id, tokenizer.image_size)
+        had_positions = len(cache.poses)
         added = cache.add(episodes, tokenizer, progress=progress)
-        if added:
+        positioned = len(cache.poses) - had_positions - added
+        if added or positioned:
             cache.save(path)
-            log.info("encoded %d episodes into %s (%d cached in all)", added, path, len(cache))
+            log.info("encoded %d episodes into %s (%d cached in all%s)", added, path, len(cache),
+                     f"; arm positions added for {positioned} cached before" if positioned else "")  # fmt: skip
         return cache
+
+
+def _positions(episode: Episode) -> np.ndarray:
+    return np.ascontiguousarray(episode.poses(0, episode.num_frames, 1)[:, :3], dtype=np.float32)
 
 
 def _action_sources(episode: Episode) -> tuple[str, ...]:
@@ -163,7 +182,8 @@ def _action_sources(episode: Episode) -> tuple[str, ...]:
 
 class TokenClips(Dataset):
     """The clips of an :class:`EpisodeClips`, served from the cache: ``tokens`` (T, h, w) long, ``actions``
-    (T-1, 5) float32, ``episode`` and ``start`` as there. Item ``i`` is the same clip as ``clips[i]``."""
+    (T-1, 5) float32, ``start_pose`` (3,) float32 (the end effector's x, y, z at the clip's first frame),
+    ``episode`` and ``start`` as there. Item ``i`` is the same clip as ``clips[i]``."""
 
     def __init__(self, clips: EpisodeClips, cache: TokenCache) -> None:
         missing = [e.name for e in clips.episodes if not cache.has(e)]
@@ -185,7 +205,14 @@ class TokenClips(Dataset):
             source = "applied"
         raw = self.cache.episode_actions(episode, source)[start : stop - 1]
         actions = sum_actions(raw, self.clips.clip_length, self.clips.frame_skip)
-        return {"tokens": tokens, "actions": torch.from_numpy(actions), "episode": i, "start": start}
+        start_pose = torch.from_numpy(self.cache.episode_positions(episode)[start].copy())
+        return {
+            "tokens": tokens,
+            "actions": torch.from_numpy(actions),
+            "start_pose": start_pose,
+            "episode": i,
+            "start": start,
+        }
 
 
 def token_datasets(clips: ConcatDataset, cache: TokenCache) -> ConcatDataset:

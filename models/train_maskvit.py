@@ -195,9 +195,8 @@ def _train(
     step, background = 0, None
     if existing is not None:
         ckpt = load_checkpoint(existing, map_location=ctx.device)
-        saved = ckpt["extra"].get("model_config", {})
-        if saved != model_cfg.to_dict():
-            differ = sorted(k for k, v in model_cfg.to_dict().items() if saved.get(k) != v)
+        differ = _network_differences(ckpt["extra"].get("model_config", {}), model_cfg)
+        if differ:
             raise UserError(
                 f"cannot resume: the network differs from the checkpoint's in {differ}; use the same --config/--set"
             )
@@ -215,8 +214,10 @@ def _train(
             raise UserError(
                 f"--init-from {init_from} is not a train-maskvit checkpoint or exported predictor"
             )
-        if saved != model_cfg.to_dict():
-            differ = sorted(k for k, v in model_cfg.to_dict().items() if saved.get(k) != v)
+        differ = _network_differences(saved, model_cfg)
+        # switching pose conditioning on adds zero-initialised weights: the model starts as it was
+        adds_pose = model_cfg.pose_conditioning and not saved.get("pose_conditioning", False)
+        if [k for k in differ if not (adds_pose and k in _POSE_FIELDS)]:
             raise UserError(
                 f"cannot start from {init_from}: its network differs from this config's in {differ}; "
                 "train with the config it was trained with (e.g. --config maskvit_cpu)"
@@ -228,7 +229,13 @@ def _train(
                 f"{tok_path} ({tokenizer_id[:12]}...): its codes would mean other things; pass the "
                 "tokenizer it was trained on"
             )
-        raw_model.load_state_dict(ckpt["models"]["maskvit"])
+        missing, unexpected = raw_model.load_state_dict(ckpt["models"]["maskvit"], strict=False)
+        if unexpected or any("pose_proj" not in k for k in missing):
+            raise UserError(
+                f"{init_from} does not fit the network: missing {missing}, unexpected {unexpected}"
+            )
+        if ctx.is_main and missing:
+            log.info("pose conditioning added: %d new zero-initialised tensors", len(missing))
         if ckpt["extra"].get("background") is not None:
             background = torch.tensor(ckpt["extra"]["background"], device=ctx.device)
         if ctx.is_main:
@@ -276,7 +283,7 @@ def _train(
         lr = lr_at(step, mcfg.lr, mcfg.warmup_steps, mcfg.steps, mcfg.min_lr_ratio)
         set_lr(opt, lr)
         with autocast(mcfg.precision, ctx.device):
-            result = objective(model, tokens, actions, gen)
+            result = objective(model, tokens, actions, gen, batch["start_pose"].to(ctx.device))
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         if mcfg.grad_clip > 0:
@@ -357,7 +364,7 @@ def _validate(
         tokens = batch["tokens"].to(ctx.device)
         actions = batch["actions"].to(ctx.device) if mcfg.action_conditioning != "none" else None
         with autocast(mcfg.precision, ctx.device):
-            r = objective(model, tokens, actions, gen)
+            r = objective(model, tokens, actions, gen, batch["start_pose"].to(ctx.device))
         for key, value in (
             ("val_loss", r.loss.item()),
             ("val_accuracy", r.accuracy),
@@ -382,6 +389,7 @@ def _validate(
                     steps=mcfg.decode_steps,
                     schedule=mcfg.mask_schedule,
                     temperature=0.0,
+                    start_pose=batch.start_pose.to(ctx.device),
                 )
             for k, v in m.items():
                 metrics.setdefault(f"val_{k}", []).append(v)
@@ -411,6 +419,19 @@ def main(argv: list[str] | None = None) -> int:
         init_from=init_from.maskvit if init_from else None,
     )
     return 0
+
+
+_POSE_FIELDS = ("pose_conditioning", "pose_offset", "pose_scale")
+
+
+def _network_differences(saved: dict, model_cfg: MaskViTModelConfig) -> list[str]:
+    """The model-config fields in which a checkpoint's network differs from this run's (fields a
+    checkpoint predates count with their defaults)."""
+    try:
+        theirs = MaskViTModelConfig.from_dict(saved).to_dict()
+    except (TypeError, UserError):
+        return ["(unreadable model_config)"]
+    return sorted(k for k, v in model_cfg.to_dict().items() if theirs.get(k) != v)
 
 
 def _resolve_init(spec: str, out: Path) -> UnpackedPredictor:

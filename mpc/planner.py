@@ -83,14 +83,18 @@ class VisualMPCPolicy:
         timers = {"predict": 0.0, "cost": 0.0}
         context = np.asarray(context_frames)[None]  # (1, Tc, H, W, 3)
         past = None if context_actions is None else np.asarray(context_actions, np.float32)[None]
+        # a pose-conditioned model is told where the arm is (one pose for every sample)
+        pose_arg = (
+            {"pose": np.asarray(pose, np.float64)} if self.predictor.needs_pose and pose is not None else {}
+        )
 
         def cost_fn(actions: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
             batch_context = np.broadcast_to(context, (len(actions), *context.shape[1:]))  # no copy
             extra = (
-                {}
+                dict(pose_arg)
                 if past is None
-                else {"context_actions": np.broadcast_to(past, (len(actions), *past.shape[1:]))}
+                else {"context_actions": np.broadcast_to(past, (len(actions), *past.shape[1:])), **pose_arg}
             )
             frames = self.predictor.predict(
                 batch_context, actions.astype(np.float32), self.cost.frame_indices, **extra
@@ -120,7 +124,7 @@ class VisualMPCPolicy:
         predicted = None
         if self.predict_best:
             t0 = time.perf_counter()
-            extra = {} if past is None else {"context_actions": past}
+            extra = dict(pose_arg) if past is None else {"context_actions": past, **pose_arg}
             predicted = self.predictor.predict(context, result.actions[None].astype(np.float32), **extra)[0]
             timers["predict"] += time.perf_counter() - t0
         # CEM's best sample, not its mean, is the warm start: it is the plan actually followed.

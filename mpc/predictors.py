@@ -6,6 +6,8 @@ Every implementation is batched and shares one contract:
 * ``actions``: (B, horizon, 5) float32: dx, dy, dz (m), dyaw (rad), gripper command in [-1, 1];
 * ``context_actions``: (B, Tc - 1, 5) float32 or None: the actions the arm really applied between the
   context frames (None: unknown, taken as "hold": no motion, as at the start of an episode);
+* ``pose``: (B, 5) or (5,) float64, the arm's pose now (x, y, z m, yaw rad, gripper), passed only to
+  predictors whose ``needs_pose`` is True (a model trained with pose conditioning);
 * returns (B, K, H, W, 3) uint8 where frame k shows the scene after action ``frame_indices[k]``
   (default: all of them, K = horizon).
 
@@ -48,6 +50,8 @@ class Predictor(abc.ABC):
     #: True for predictors that simulate from the true scene state (sim only): the control loop then
     #: hands them the state with :meth:`set_sim_state` before every planning step.
     needs_sim_state: bool = False
+    #: True for predictors that condition on the arm's pose: the planner then passes ``pose=``.
+    needs_pose: bool = False
 
     @abc.abstractmethod
     def predict(
@@ -57,7 +61,8 @@ class Predictor(abc.ABC):
         frame_indices: Sequence[int] | None = None,
         context_actions: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Predict the frames that follow each action sequence (see the module docstring)."""
+        """Predict the frames that follow each action sequence (see the module docstring; predictors
+        with ``needs_pose`` also take ``pose``)."""
 
     def set_sim_state(self, state: bytes) -> None:
         """Load the simulator's current state; only predictors with ``needs_sim_state`` use it."""
@@ -217,6 +222,7 @@ class TorchScriptPredictor(Predictor):
         self.metadata = loaded.metadata
         self.path = path
         self.name = f"maskvit:{path.name}"
+        self.needs_pose = loaded.metadata.pose_conditioning
         planner = config.planner
         self.batch_size = planner.predictor_batch
         self.decode_steps = planner.predictor_decode_steps
@@ -250,8 +256,10 @@ class TorchScriptPredictor(Predictor):
             )
 
     def _context_tokens(
-        self, context_frames: np.ndarray, past: np.ndarray | None
+        self, context_frames: np.ndarray, key: bytes
     ):  # -> (torch.Tensor (1 | B, C, h, w), shared)
+        """``key``: what else the rollouts of a shared context depend on (its past actions and start
+        position); cached rollouts are dropped when it changes."""
         torch = self._torch
         shared = (
             len(context_frames) == 1
@@ -260,7 +268,6 @@ class TorchScriptPredictor(Predictor):
         )
         if shared:
             one = context_frames[0]
-            key = b"" if past is None else past.tobytes()
             if self._context is not None and np.array_equal(self._context[0], one):
                 if self._context_key != key:  # same frames, other past actions: other rollouts
                     self._rollouts.clear()
@@ -293,24 +300,46 @@ class TorchScriptPredictor(Predictor):
         clip[:, C - 1 + horizon :, -1] = actions[:, -1:, -1]
         return clip
 
+    def _start_pose(self, pose: np.ndarray | None, past: np.ndarray | None, batch: int) -> np.ndarray | None:
+        """(B | 1, 3) float32: the end effector's position at the first context frame, from its pose now
+        less the moves applied since (hold when unknown, like the past actions); None when not needed."""
+        if not self.needs_pose:
+            return None
+        if pose is None:
+            raise PredictorError(
+                f"{self.path.name} conditions on the arm's pose: pass pose= (the planner does, from the arm)"
+            )
+        now = np.asarray(pose, np.float64).reshape(-1, np.shape(pose)[-1])[:, :3]
+        if len(now) not in (1, batch):
+            raise PredictorError(
+                f"pose must be (5,), (1, 5) or (B, 5) with B = {batch}, got {np.shape(pose)}"
+            )
+        if past is not None:
+            now = now - past[:, :, :3].sum(axis=1)
+        return now.astype(np.float32)
+
     def _predict_tokens(
-        self, context, actions: np.ndarray, past: np.ndarray | None = None
+        self, context, actions: np.ndarray, past: np.ndarray | None = None, start: np.ndarray | None = None
     ):  # -> torch.Tensor (B, F, h, w)
+        """``start``: (B | 1, 3) positions for a pose-conditioned export (files without pose
+        conditioning may predate the argument, so it is passed only when given)."""
         torch = self._torch
         clip_actions = torch.from_numpy(self._clip_actions(actions, past))
+        start_pose = None if start is None else torch.from_numpy(np.ascontiguousarray(start))
         parts = []
-        for start in range(0, len(actions), self.batch_size):
-            stop = min(len(actions), start + self.batch_size)
-            parts.append(
-                self.module.predict_tokens(
-                    context if len(context) == 1 else context[start:stop],
-                    clip_actions[start:stop],
-                    self.decode_steps,
-                    self.temperature,
-                    self.generator,
-                    self.bf16,
-                )
-            )
+        for first in range(0, len(actions), self.batch_size):
+            stop = min(len(actions), first + self.batch_size)
+            args = [
+                context if len(context) == 1 else context[first:stop],
+                clip_actions[first:stop],
+                self.decode_steps,
+                self.temperature,
+                self.generator,
+                self.bf16,
+            ]
+            if start_pose is not None:
+                args.append(start_pose if len(start_pose) == 1 else start_pose[first:stop])
+            parts.append(self.module.predict_tokens(*args))
             self.forward_passes += int(self.module.forward_passes)
         return torch.cat(parts)
 
@@ -320,6 +349,7 @@ class TorchScriptPredictor(Predictor):
         actions: np.ndarray,
         frame_indices: Sequence[int] | None = None,
         context_actions: np.ndarray | None = None,
+        pose: np.ndarray | None = None,
     ) -> np.ndarray:
         context_frames, actions, indices = check_predict_inputs(
             context_frames, actions, frame_indices, context_actions
@@ -345,12 +375,15 @@ class TorchScriptPredictor(Predictor):
         with torch.inference_mode():
             C = meta.context_frames
             past = None if context_actions is None else np.asarray(context_actions, np.float32)[:, Tc - C :]
-            one_past = past is None or bool((past == past[:1]).all())
-            context, shared = self._context_tokens(
-                context_frames[:, Tc - C :], None if past is None else past[0]
+            start = self._start_pose(pose, past, B)
+            one_past = (past is None or bool((past == past[:1]).all())) and (
+                start is None or bool((start == start[:1]).all())
             )
+            # the rollouts decoded from one context hold for one past (and start position) only
+            key = b"".join(x[0].tobytes() for x in (past, start) if x is not None)
+            context, shared = self._context_tokens(context_frames[:, Tc - C :], key)
             if not (shared and one_past):  # samples with their own contexts or pasts: no rollout cache
-                tokens = self._predict_tokens(context, actions, past)
+                tokens = self._predict_tokens(context, actions, past, start)
             else:
                 # A sequence already scored from this context (the best plan, whose rollout the planner
                 # shows) is not decoded again: its rollout is the one its cost came from.
@@ -368,6 +401,7 @@ class TorchScriptPredictor(Predictor):
                                 context,
                                 actions[list(new.values())],
                                 None if past is None else past[:1],
+                                None if start is None else start[:1],
                             ),
                             strict=True,
                         )

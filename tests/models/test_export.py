@@ -375,3 +375,37 @@ def test_unpacking_an_export_without_configs_needs_the_right_ones(exported: dict
     )
     assert _same_state(load_tokenizer(unpacked.tokenizer), exported["tokenizer"])
     assert _same_state(maskvit_from_checkpoint(load_checkpoint(unpacked.maskvit)), exported["maskvit"])
+
+
+def test_a_pose_conditioned_model_exports_with_the_arm_position_as_input(tmp_path: Path) -> None:
+    tok_path, mv_path = write_checkpoints(
+        tmp_path, decode_steps=2, pose_conditioning=True, pose_offset=[0, 0, 0.1], pose_scale=[0.1] * 3
+    )
+    out = E.export_predictor(tok_path, mv_path, tmp_path / "pose.ts", fmt="both")
+    loaded = E.load_exported_predictor(out[0])
+    assert loaded.metadata.pose_conditioning
+    module = loaded.module
+    frames, actions = _inputs()
+    context = module.encode_context(frames)
+    low, high = torch.tensor([0.0, 0.0, 0.02]), torch.tensor([[0.0, 0.0, 0.15]])
+    got = module.predict_tokens(context, actions, start_pose=low)
+    eager = {
+        "tokenizer": load_tokenizer(tok_path),
+        "maskvit": maskvit_from_checkpoint(load_checkpoint(mv_path)),
+    }
+    starts = low.expand(len(actions), 3)
+    assert torch.equal(
+        got, _eager_tokens(eager, frames, actions, steps=2, temperature=0.0, start_pose=starts)
+    )
+    assert not torch.equal(
+        got, module.predict_tokens(context, actions, start_pose=high)
+    )  # the height matters
+    per_sample = torch.stack([low, high[0], low, high[0]])
+    mixed = module.predict_tokens(context, actions, start_pose=per_sample)
+    assert torch.equal(mixed[0], got[0]) and torch.equal(mixed[2], got[2])
+    with pytest.raises(torch.jit.Error, match="pass start_pose"):
+        module.predict_tokens(context, actions)
+    # forward and the torch.export program take it as their last input too
+    assert torch.equal(module(frames, actions, start_pose=low), module.decode_frames(got))
+    program = torch.export.load(str(out[1])).module()
+    assert torch.equal(program(frames, actions, low[None]), module.decode_frames(got))

@@ -231,3 +231,51 @@ def test_cumulative_actions_reach_every_later_frame_at_the_input() -> None:
     scripted = torch.jit.script(MaskViT(tiny_config(action_cumulative=True)).eval())
     assert scripted(tokens, actions).shape == (1, 5, 8, 8, K)
     assert MaskViTModelConfig.from_dict(tiny_config(action_cumulative=True).to_dict()).action_cumulative
+
+
+@pytest.mark.parametrize("conditioning", ["input", "every_block"])
+def test_pose_conditioning_starts_as_the_model_without_it_and_then_uses_the_pose(conditioning: str) -> None:
+    torch.manual_seed(0)
+    plain = MaskViT(tiny_config(action_conditioning=conditioning)).eval()
+    cfg = tiny_config(
+        action_conditioning=conditioning,
+        pose_conditioning=True,
+        pose_offset=[0, 0, 0.1],
+        pose_scale=[0.1] * 3,
+    )
+    posed = MaskViT(cfg).eval()
+    missing, unexpected = posed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all("pose_proj" in k for k in missing) and not unexpected
+    tokens, actions = random_clip()
+    low, high = torch.tensor([[0.0, 0.0, 0.02]] * 2), torch.tensor([[0.0, 0.0, 0.12]] * 2)
+    with torch.no_grad():
+        # zero-initialised: fine-tuning from a model without the pose starts from its predictions
+        assert torch.equal(posed(tokens, actions, low), plain(tokens, actions))
+        for p in (p for n, p in posed.named_parameters() if "pose_proj" in n):
+            p.normal_(0.0, 0.5)
+        a, b = posed(tokens, actions, low), posed(tokens, actions, high)
+    assert (a - b).abs().amax() > 1e-3  # the height reaches every frame's logits
+    assert ((a - b).abs().amax(dim=(2, 3, 4)) > 1e-4).all()
+    with pytest.raises(MaskViTInputError, match="pass start_pose"):
+        posed(tokens, actions)
+    with pytest.raises(MaskViTInputError, match=r"start_pose must be \(B, 3\)"):
+        posed(tokens, actions, torch.zeros(2, 5))
+    # gradients reach the pose projection
+    posed.train()
+    posed(tokens, actions, high).logsumexp(-1).mean().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in posed.named_parameters() if "pose_proj" in n
+    )
+    # scripted like the rest of the network
+    scripted = torch.jit.script(posed.eval())
+    with torch.no_grad():
+        assert torch.allclose(scripted(tokens, actions, high), posed(tokens, actions, high), atol=1e-5)
+
+
+def test_pose_settings_come_from_the_config_and_are_checked() -> None:
+    cfg = load_config("default", ["maskvit.pose_conditioning=true", "maskvit.pose_scale=[0.2,0.2,0.05]"])
+    model_cfg = MaskViTModelConfig.from_config(cfg.maskvit, K, 8)
+    assert model_cfg.pose_conditioning and model_cfg.pose_scale == [0.2, 0.2, 0.05]
+    assert MaskViTModelConfig.from_config(load_config("default").maskvit, K, 8).pose_scale is None
+    with pytest.raises(MaskViTInputError, match="pose_scale must be positive"):
+        tiny_config(pose_conditioning=True, pose_offset=[0, 0, 0], pose_scale=[0.1, 0.0, 0.1])

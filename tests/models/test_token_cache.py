@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from maskvit_mpc.models.data import EpisodeClips, recorded_episodes
-from maskvit_mpc.models.token_cache import TokenCache, TokenClips
+from maskvit_mpc.configs.schema import DataConfig
+from maskvit_mpc.models.data import EpisodeClips, make_datasets, recorded_episodes
+from maskvit_mpc.models.token_cache import TokenCache, TokenClips, token_datasets
 from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,3 +57,27 @@ def test_cache_is_reused_extended_and_invalidated(tmp_path: Path, monkeypatch) -
     assert len(rebuilt) == 3 and sum(calls) == 5 + 15
     path.write_bytes(b"torn")  # a corrupt cache is rebuilt, not fatal
     assert len(TokenCache.load_or_build(path, tok, "tok-b", more, progress=False)) == 3
+
+
+def test_clips_carry_the_arm_position_at_their_first_frame(tmp_path) -> None:
+    """start_pose is the recorded end-effector x, y, z at the clip's first frame; a cache written before
+    positions were kept gets them from the episode files without encoding again."""
+    folder = write_episodes(tmp_path / "eps", n=3, steps=6, size=16)
+    clips = make_datasets(DataConfig(clip_length=3, image_size=16, val_fraction=0.0), [str(folder)], seed=0)
+    episodes = [e for part in clips.train.datasets for e in part.episodes]
+    tokenizer = _tokenizer()
+    cache = TokenCache.load_or_build(tmp_path / "c.pt", tokenizer, "tok", episodes, progress=False)
+    tokens = token_datasets(clips.train, cache)
+    for i in range(len(tokens)):
+        item, pixels = tokens[i], clips.train[i]
+        np.testing.assert_allclose(item["start_pose"].numpy(), pixels["poses"][0, :3], rtol=1e-6)
+    assert len({tuple(tokens[i]["start_pose"].tolist()) for i in range(len(tokens))}) > 3  # it varies
+
+    data = torch.load(tmp_path / "c.pt", weights_only=True)
+    del data["poses"]  # as written before
+    torch.save(data, tmp_path / "c.pt")
+    calls = []
+    tokenizer.encode = lambda *a: calls.append(a)  # encoding again would be a waste
+    again = TokenCache.load_or_build(tmp_path / "c.pt", tokenizer, "tok", episodes, progress=False)
+    assert not calls and len(again.poses) == len(episodes)
+    assert "poses" in torch.load(tmp_path / "c.pt", weights_only=True)

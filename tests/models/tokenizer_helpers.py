@@ -38,9 +38,8 @@ def write_episodes(folder: Path, n: int, steps: int = 5, size: int = 16, segment
         meta = E.EpisodeMetadata("test", "test", size, size, 0.2, seed=i)
         rec = E.EpisodeRecorder(meta)
         for t in range(steps + 1):
-            rec.add_observation(
-                frames[t], np.zeros(5), float(t), segmentation=seg[t] if segmentation else None
-            )
+            pose = np.array([0.01 * t, -0.02 * t, 0.05 + 0.01 * i, 0.0, 1.0])  # a known path per episode
+            rec.add_observation(frames[t], pose, float(t), segmentation=seg[t] if segmentation else None)
             if t < steps:
                 rec.add_action(np.zeros(5), np.zeros(5), False, float(t))
         E.write_episode(folder / E.episode_filename(i), rec.to_episode())

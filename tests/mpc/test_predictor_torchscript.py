@@ -234,3 +234,52 @@ def test_oracle_tokenized_returns_the_oracle_frames_as_the_tokenizer_reconstruct
     assert not np.array_equal(got, truth)  # a tiny random tokenizer cannot reproduce the frames
     with pytest.raises(PredictorError, match="export-predictor file"):
         load_predictor("oracle-tokenized:copy-last", cfg)
+
+
+def test_a_pose_conditioned_export_gets_the_arm_position_at_the_first_context_frame(tmp_path: Path) -> None:
+    """The planner passes the arm's pose now; the model is given its position at the first context
+    frame (now less the applied past moves), and rollouts decoded for one pose are not reused for another."""
+    tok, mv = write_checkpoints(
+        tmp_path, decode_steps=2, pose_conditioning=True, pose_offset=[0, 0, 0.1], pose_scale=[0.1] * 3
+    )
+    path = export_predictor(tok, mv, tmp_path / "pose.ts")[0]
+    cfg = _config()
+    predictor = load_predictor(str(path), cfg)
+    assert predictor.needs_pose
+    context, actions = _context(), _actions(3)
+    batch_context = np.broadcast_to(context[None], (3, *context.shape))
+    past = np.tile(np.array([0.01, -0.02, 0.005, 0.0, 1.0], np.float32), (3, CONTEXT - 1, 1))
+    pose = np.array([0.05, 0.02, 0.04, 0.0, 1.0])
+    frames = predictor.predict(batch_context, actions, context_actions=past, pose=pose)
+    module = torch.jit.load(str(path))
+    clip = np.zeros((3, CONTEXT - 1 + FUTURE, 5), np.float32)
+    clip[:, : CONTEXT - 1] = past
+    clip[:, CONTEXT - 1 :] = actions
+    start = torch.tensor(pose[:3] - past[0, :, :3].sum(axis=0), dtype=torch.float32)
+    expected = module(torch.from_numpy(context), torch.from_numpy(clip), start_pose=start).numpy()
+    np.testing.assert_array_equal(frames, expected)
+    higher = pose + np.array([0.0, 0.0, 0.1, 0.0, 0.0])
+    other = predictor.predict(batch_context, actions, context_actions=past, pose=higher)
+    start_high = start + torch.tensor([0.0, 0.0, 0.1])
+    np.testing.assert_array_equal(
+        other, module(torch.from_numpy(context), torch.from_numpy(clip), start_pose=start_high).numpy()
+    )
+    assert not np.array_equal(other, frames)
+    with pytest.raises(PredictorError, match="conditions on the arm's pose: pass pose="):
+        predictor.predict(batch_context, actions, context_actions=past)
+
+    # the planner hands the arm's pose to such a predictor
+    seen = []
+    original = predictor.predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("pose"))
+        return original(*args, **kwargs)
+
+    predictor.predict = spy
+    goal = np.random.default_rng(3).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    policy = VisualMPCPolicy(
+        predictor, goal, cfg.planner, cfg.cost, ActionBounds.from_safety(cfg.safety), np.random.default_rng(0)
+    )
+    policy.plan(context, past[0], pose)
+    assert seen and all(p is not None and np.array_equal(p, pose) for p in seen)

@@ -3,14 +3,15 @@
 #   1. collect push episodes in simulation          (collect-finetune-data --sim)
 #   2. train the per-frame tokenizer                  (train-tokenizer --config tokenizer_cpu)
 #   3. train MaskViT over its codes                   (train-maskvit --config maskvit_cpu)
+#      then fine-tune it with pose conditioning       (train-maskvit --init-from ... pose_conditioning)
 #   4. export one TorchScript predictor               (export-predictor)
-#   5. measure it in closed-loop planning             (mpc-eval)
+#   5. measure it in closed-loop planning             (mpc-eval --workers 2)
 # Every stage resumes where it stopped: run the script again after a crash, a reboot or Ctrl-C.
 # Data, checkpoints and logs go under WORK (data/ is git-ignored); the result is WORK/predictor.ts.
 #
 #   recipes/train_default_model.sh                        # defaults below
 #   WORK=/data/mv HOURS=8 TOK_STEPS=20000 MV_STEPS=8000 recipes/train_default_model.sh
-#   WORK=/tmp/smoke HOURS=0.02 TOK_STEPS=2 MV_STEPS=2 EVAL_EPISODES=1 EVAL_ARGS="--max-steps 1" \
+#   WORK=/tmp/smoke HOURS=0.02 TOK_STEPS=2 MV_STEPS=2 FT_STEPS=2 EVAL_EPISODES=2 EVAL_ARGS="--max-steps 1" \
 #       recipes/train_default_model.sh               # a minutes-long check that every stage runs
 #   GPU users: the same, with more steps; the commands pick CUDA when it is there.
 set -euo pipefail
@@ -19,6 +20,7 @@ WORK=${WORK:-data/default-model}          # everything this recipe writes
 HOURS=${HOURS:-4}                         # simulated robot-hours of exploration (2400 episodes)
 TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 frames)
 MV_STEPS=${MV_STEPS:-4000}                # MaskViT optimizer steps (batch 32 clips), about 2 h on 2 cores
+FT_STEPS=${FT_STEPS:-1500}                # fine-tuning steps with pose conditioning (0: none), about 50 min
 EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
 EVAL_ARGS=${EVAL_ARGS:-}                  # extra mpc-eval arguments, e.g. "--max-steps 5"
 BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}
@@ -42,12 +44,20 @@ echo "== 3/5 MaskViT ($MV_STEPS steps) over $TOKENIZER"
 "$BIN/train-maskvit" --config maskvit_cpu --data "$WORK/episodes" --tokenizer "$TOKENIZER" \
     --out "$WORK/maskvit" --steps "$MV_STEPS" $(resume_flag "$WORK/maskvit")
 MASKVIT=$(latest "$WORK/maskvit")
+if [ "$FT_STEPS" -gt 0 ]; then
+    echo "== 3/5 fine-tune with pose conditioning ($FT_STEPS steps) from $MASKVIT"
+    if compgen -G "$WORK/maskvit_pose/step_*.pt" > /dev/null; then init=(--resume); else init=(--init-from "$MASKVIT"); fi
+    "$BIN/train-maskvit" --config maskvit_cpu --data "$WORK/episodes" --tokenizer "$TOKENIZER" \
+        --out "$WORK/maskvit_pose" --steps "$FT_STEPS" "${init[@]}" --set maskvit.pose_conditioning=true \
+        --set maskvit.lr=0.0005 --set maskvit.warmup_steps=100 --token-cache "$WORK/maskvit/token_cache.pt"
+    MASKVIT=$(latest "$WORK/maskvit_pose")
+fi
 
 echo "== 4/5 export"
 "$BIN/export-predictor" --tokenizer "$TOKENIZER" --maskvit "$MASKVIT" --out "$WORK/predictor.ts"
 
 echo "== 5/5 closed-loop evaluation ($EPISODES push episodes)"
 "$BIN/mpc-eval" --task push --episodes "$EPISODES" --seed 1000 --predictor "$WORK/predictor.ts" \
-    --out "$WORK/eval.json" $EVAL_ARGS
+    --workers 2 --out "$WORK/eval.json" $EVAL_ARGS
 echo "done: $WORK/predictor.ts"
 echo "to make it the default model: cp $WORK/predictor.ts models/weights/push_sim64.ts (package data)"

@@ -409,3 +409,6 @@ def test_a_pose_conditioned_model_exports_with_the_arm_position_as_input(tmp_pat
     assert torch.equal(module(frames, actions, start_pose=low), module.decode_frames(got))
     program = torch.export.load(str(out[1])).module()
     assert torch.equal(program(frames, actions, low[None]), module.decode_frames(got))
+    # and it unpacks for more fine-tuning, the pose settings included
+    unpacked = maskvit_from_checkpoint(load_checkpoint(E.unpack_predictor(out[0], tmp_path / "u").maskvit))
+    assert unpacked.config.pose_scale == [0.1] * 3 and _same_state(unpacked, eager["maskvit"])

@@ -54,8 +54,9 @@ def test_the_shipped_model_moves_the_gripper_where_the_simulator_does():
             start = gripper_centre(now)
             assert start is not None
             context = np.repeat(now[None, None], cfg.mpc.context_frames, axis=1)
+            pose = {"pose": sim.ee_pose()} if predictor.needs_pose else {}
             predicted = predictor.predict(
-                np.repeat(context, len(moves), axis=0), actions, frame_indices=[horizon - 1]
+                np.repeat(context, len(moves), axis=0), actions, frame_indices=[horizon - 1], **pose
             )
             for i, seq in enumerate(actions):
                 sim.set_state(episode.initial_state)

@@ -87,13 +87,13 @@ def main() -> None:
     for i in range(args.scenes):
         episode = task.sample(sim, seed=args.seed + i)
         sim.set_state(episode.initial_state)
-        now = sim.render()
-        grip = float(sim.ee_pose()[4])
+        now, start_pose = sim.render(), sim.ee_pose()
+        grip = float(start_pose[4])
         obj_to_goal = episode.goal_xy - sim.object_positions()[episode.info["object"]][:2]
         towards = obj_to_goal / max(1e-9, float(np.linalg.norm(obj_to_goal)))
         plans = candidate_plans(cfg, rng, args.samples, towards, grip)
         if limiter is not None:
-            plans = limiter.limit_plans(sim.ee_pose(), plans).astype(np.float32)
+            plans = limiter.limit_plans(start_pose, plans).astype(np.float32)
         cost = ImageCost(cfg.cost, episode.goal_image, horizon)
         true_frames = []
         for seq in plans:
@@ -108,7 +108,7 @@ def main() -> None:
         for name, predictor in predictors.items():
             if predictor.needs_sim_state:
                 predictor.set_sim_state(episode.initial_state)
-            pose = {"pose": sim.ee_pose()} if predictor.needs_pose else {}
+            pose = {"pose": start_pose} if predictor.needs_pose else {}  # the arm's pose before the plans
             predicted = predictor.predict(context, plans, frame_indices=[horizon - 1], **pose)
             model_cost = cost(predicted)
             rho = spearman(model_cost, true_cost)

@@ -71,6 +71,11 @@ def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) 
     return export_predictor(tok_path, mv_path, folder / f"predictor_{d_model}x{blocks}.ts", cfg.safety)[0]
 
 
+_ARM_POSE = np.array(
+    [0.0, 0.0, 0.022, 0.0, -1.0]
+)  # the workspace centre at push height (pose-conditioned models)
+
+
 def _plan_times(path: Path, overrides: list[str], repeats: int, seed: int) -> dict[str, float]:
     cfg = load_config("default", overrides)
     predictor = load_predictor(str(path), cfg)
@@ -90,7 +95,7 @@ def _plan_times(path: Path, overrides: list[str], repeats: int, seed: int) -> di
     for i in range(repeats + 1):  # the first step warms up TorchScript's profiling executor and oneDNN
         context = rng.integers(0, 256, (cfg.mpc.context_frames, size, size, 3), dtype=np.uint8)
         before = predictor.forward_passes
-        step = policy.plan(context)
+        step = policy.plan(context, None, _ARM_POSE)
         if i:
             total.append(step.plan_time_s)
             predict.append(step.predict_time_s)

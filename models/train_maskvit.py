@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,9 +449,16 @@ def _resolve_init(spec: str, out: Path) -> UnpackedPredictor:
         return UnpackedPredictor(tokenizer=Path(named) if named else None, maskvit=path)
     init_dir = out / "init"
     unpacked = UnpackedPredictor(tokenizer=init_dir / "tokenizer.pt", maskvit=init_dir / "maskvit.pt")
-    if int(os.environ.get("RANK", "0")) == 0 and not unpacked.maskvit.is_file():
-        unpacked = unpack_predictor(path, init_dir)
-        log.info("unpacked %s into %s", path, init_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if not unpacked.maskvit.is_file():
+            unpacked = unpack_predictor(path, init_dir)
+            log.info("unpacked %s into %s", path, init_dir)
+        return unpacked
+    deadline = time.monotonic() + 300  # the other ranks wait for rank 0's files (written atomically)
+    while not (unpacked.maskvit.is_file() and unpacked.tokenizer.is_file()):
+        if time.monotonic() > deadline:
+            raise UserError(f"rank 0 did not unpack {path} into {init_dir} within 300 s")
+        time.sleep(0.5)
     return unpacked
 
 

@@ -3,7 +3,7 @@
 #   1. collect push episodes in simulation          (collect-finetune-data --sim)
 #   2. train the per-frame tokenizer                  (train-tokenizer --config tokenizer_cpu)
 #   3. train MaskViT over its codes                   (train-maskvit --config maskvit_cpu)
-#      then fine-tune it with pose conditioning       (train-maskvit --init-from ... pose_conditioning)
+#      then fine-tune it with a new schedule          (train-maskvit --init-from ..., as the shipped model was)
 #   4. export one TorchScript predictor               (export-predictor)
 #   5. measure it in closed-loop planning             (mpc-eval --workers 2)
 # Every stage resumes where it stopped: run the script again after a crash, a reboot or Ctrl-C.
@@ -20,7 +20,7 @@ WORK=${WORK:-data/default-model}          # everything this recipe writes
 HOURS=${HOURS:-4}                         # simulated robot-hours of exploration (2400 episodes)
 TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 frames)
 MV_STEPS=${MV_STEPS:-4000}                # MaskViT optimizer steps (batch 32 clips), about 2 h on 2 cores
-FT_STEPS=${FT_STEPS:-1500}                # fine-tuning steps with pose conditioning (0: none), about 50 min
+FT_STEPS=${FT_STEPS:-1500}                # fine-tuning steps at a new learning rate (0: none), about 50 min
 EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
 EVAL_ARGS=${EVAL_ARGS:-}                  # extra mpc-eval arguments, e.g. "--max-steps 5"
 BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}
@@ -45,12 +45,12 @@ echo "== 3/5 MaskViT ($MV_STEPS steps) over $TOKENIZER"
     --out "$WORK/maskvit" --steps "$MV_STEPS" $(resume_flag "$WORK/maskvit")
 MASKVIT=$(latest "$WORK/maskvit")
 if [ "$FT_STEPS" -gt 0 ]; then
-    echo "== 3/5 fine-tune with pose conditioning ($FT_STEPS steps) from $MASKVIT"
-    if compgen -G "$WORK/maskvit_pose/step_*.pt" > /dev/null; then init=(--resume); else init=(--init-from "$MASKVIT"); fi
+    echo "== 3/5 fine-tune ($FT_STEPS steps) from $MASKVIT"
+    if compgen -G "$WORK/maskvit_ft/step_*.pt" > /dev/null; then init=(--resume); else init=(--init-from "$MASKVIT"); fi
     "$BIN/train-maskvit" --config maskvit_cpu --data "$WORK/episodes" --tokenizer "$TOKENIZER" \
-        --out "$WORK/maskvit_pose" --steps "$FT_STEPS" "${init[@]}" --set maskvit.pose_conditioning=true \
+        --out "$WORK/maskvit_ft" --steps "$FT_STEPS" "${init[@]}" \
         --set maskvit.lr=0.0005 --set maskvit.warmup_steps=100 --token-cache "$WORK/maskvit/token_cache.pt"
-    MASKVIT=$(latest "$WORK/maskvit_pose")
+    MASKVIT=$(latest "$WORK/maskvit_ft")
 fi
 
 echo "== 4/5 export"

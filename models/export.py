@@ -661,7 +661,7 @@ class _UnrolledPrediction(nn.Module):
             dim=1,
         )
         n_initial = mask.flatten(1).sum(dim=1)
-        pose = None if start_pose is None else start_pose.float().expand(N, 3)
+        pose = m._start_pose(start_pose, N)
         for ratio, noise in zip(self.ratios, self.noise, strict=True):
             # no early exit: once nothing is masked a step changes nothing
             logits = m._logits(tokens, actions.float(), m.bf16, pose)

@@ -91,11 +91,9 @@ class VisualMPCPolicy:
         def cost_fn(actions: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
             batch_context = np.broadcast_to(context, (len(actions), *context.shape[1:]))  # no copy
-            extra = (
-                dict(pose_arg)
-                if past is None
-                else {"context_actions": np.broadcast_to(past, (len(actions), *past.shape[1:])), **pose_arg}
-            )
+            extra = dict(pose_arg)
+            if past is not None:
+                extra["context_actions"] = np.broadcast_to(past, (len(actions), *past.shape[1:]))
             frames = self.predictor.predict(
                 batch_context, actions.astype(np.float32), self.cost.frame_indices, **extra
             )
@@ -124,7 +122,7 @@ class VisualMPCPolicy:
         predicted = None
         if self.predict_best:
             t0 = time.perf_counter()
-            extra = dict(pose_arg) if past is None else {"context_actions": past, **pose_arg}
+            extra = dict(pose_arg) if past is None else {**pose_arg, "context_actions": past}
             predicted = self.predictor.predict(context, result.actions[None].astype(np.float32), **extra)[0]
             timers["predict"] += time.perf_counter() - t0
         # CEM's best sample, not its mean, is the warm start: it is the plan actually followed.

@@ -57,6 +57,16 @@ def _commands_advance(arm: ZmqArm, window_s: float = 0.6) -> bool:
     return arm.read_state().last_command_seq > before
 
 
+class PacedCopyLast(CopyLastPredictor):
+    """Copy-last at roughly a robot's pace. Unpaced, the simulated run steps as fast as the CPU allows,
+    and telemetry is lossy by design (a slow viewer gets fewer messages): on a loaded machine, steps
+    the held plan needs could be dropped before the page sees them."""
+
+    def predict(self, *args, **kwargs):
+        time.sleep(0.02)
+        return super().predict(*args, **kwargs)
+
+
 def _wait(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -68,7 +78,14 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 def test_dashboard_in_a_browser_shows_the_run_and_stops_the_arm(tmp_path):
     assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: install.sh installs Debian's chromium"
     cfg = load_config(
-        "default", ["planner.samples=8", "planner.iterations=2", "planner.horizon=4", "mpc.max_steps=10000"]
+        "default",
+        [
+            "planner.samples=8",
+            "planner.iterations=2",
+            "planner.horizon=4",
+            "mpc.max_steps=10000",
+            "mpc.stop_on_success=false",  # a lucky push must not end the run before the test does
+        ],
     )
     errors: list[BaseException] = []
     with launch_sim_server(cfg) as server:
@@ -85,7 +102,7 @@ def test_dashboard_in_a_browser_shows_the_run_and_stops_the_arm(tmp_path):
 
             def run() -> None:
                 try:
-                    session.run(0, CopyLastPredictor(), episode=episode, **hooks)
+                    session.run(0, PacedCopyLast(), episode=episode, **hooks)
                 except EStopActive:
                     pass  # how the test ends it
                 except BaseException as exc:
@@ -132,11 +149,20 @@ def _in_browser(url: str, token: str, checker: ZmqArm) -> None:
             expect(page.locator("#arm-state")).to_have_text("controller: ok")
 
             # Held, a plan stays on screen while what really happened fills in beside it.
-            page.check("#hold")
-            held = page.get_attribute("#predicted", "data-step")
-            expect(page.locator("#actual img")).to_have_count(4)
-            assert page.get_attribute("#predicted", "data-step") == held
-            page.uncheck("#hold")
+            # Telemetry may drop a step on a loaded machine (by design), which leaves a gap in that
+            # plan's strip for good: a few holds get the chance to see one fill completely.
+            for attempt in range(4):
+                page.check("#hold")
+                held = page.get_attribute("#predicted", "data-step")
+                try:
+                    expect(page.locator("#actual img")).to_have_count(4, timeout=8_000)
+                    break
+                except AssertionError:
+                    if attempt == 3:
+                        raise
+                finally:
+                    assert page.get_attribute("#predicted", "data-step") == held, "the held plan changed"
+                    page.uncheck("#hold")
 
             # Pause is open; resume needs the token.
             page.click("#pause")

@@ -1,7 +1,8 @@
 """eval-tokenizer: reconstruction quality and codebook health of a trained tokenizer on held-out episodes.
 
 Reports whole-frame PSNR and SSIM, PSNR on gripper and object pixels (segmentation > 0 in simulation;
-pixels that change within the episode on real data), and the share of codes used and the perplexity.
+pixels that change within the episode on real data), PSNR on the other pixels (the table and the shadows),
+and the share of codes used and the perplexity.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def evaluate(
     whole: list[torch.Tensor] = []
     structural: list[torch.Tensor] = []
     masked: list[torch.Tensor] = []
+    rest: list[torch.Tensor] = []
     with_seg = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
@@ -75,10 +77,14 @@ def evaluate(
         counter.update(indices)
         whole.append(psnr(reconstruction, frames).cpu())
         structural.append(ssim(reconstruction, frames).cpu())
-        masked.append(masked_psnr(reconstruction, frames, batch["mask"].to(device)).cpu())
+        mask = batch["mask"].to(device)
+        masked.append(masked_psnr(reconstruction, frames, mask).cpu())
+        rest.append(masked_psnr(reconstruction, frames, ~mask).cpu())
         with_seg += int(batch["has_segmentation"].sum())
     whole_t, ssim_t, masked_t = torch.cat(whole), torch.cat(structural), torch.cat(masked)
     valid = masked_t[~torch.isnan(masked_t)]
+    rest_t = torch.cat(rest)
+    rest_t = rest_t[~torch.isnan(rest_t)]
     stats = counter.stats()
     n = len(whole_t)
     return {
@@ -87,6 +93,8 @@ def evaluate(
         "ssim": float(ssim_t.mean()),
         "object_psnr_db": float(valid.mean()) if len(valid) else math.nan,
         "object_frames": len(valid),
+        # the other pixels (table, shadows): with the object PSNR, says which part limits whole frames
+        "background_psnr_db": float(rest_t.mean()) if len(rest_t) else math.nan,
         "object_mask": "segmentation" if with_seg == n else ("changing pixels" if with_seg == 0 else "mixed"),
         "codebook_used": stats.used,
         "codebook_size": stats.size,

@@ -145,6 +145,14 @@ def test_train_resume_and_evaluate_end_to_end(
     from maskvit_mpc.models.metrics import psnr
 
     assert results["psnr_db"] == pytest.approx(float(psnr(rec, frames).mean()), rel=1e-4)
+    from maskvit_mpc.models.metrics import masked_psnr
+
+    objects = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    assert objects.any() and not objects.all()
+    assert results["object_psnr_db"] == pytest.approx(float(masked_psnr(rec, frames, objects).nanmean()), rel=1e-4)
+    assert results["background_psnr_db"] == pytest.approx(
+        float(masked_psnr(rec, frames, ~objects).nanmean()), rel=1e-4
+    )
 
 
 def test_training_lowers_the_reconstruction_loss(episodes: Path, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from maskvit_mpc.models.training import save_checkpoint
 from maskvit_mpc.mpc.optimizers import ActionBounds
 from maskvit_mpc.mpc.planner import VisualMPCPolicy
 from maskvit_mpc.mpc.predictors import default_model_path, load_predictor
+from maskvit_mpc.robot.safety import ActionLimiter
 from report import command_line, markdown_table
 
 
@@ -90,6 +91,7 @@ def _plan_times(path: Path, overrides: list[str], repeats: int, seed: int) -> di
         ActionBounds.from_safety(cfg.safety),
         rng,
         current_gripper=-1.0,
+        limiter=ActionLimiter(cfg.safety),  # samples limited from the arm's pose, as mpc-run plans
     )
     total, predict, passes = [], [], []
     for i in range(repeats + 1):  # the first step warms up TorchScript's profiling executor and oneDNN

@@ -149,7 +149,9 @@ def test_train_resume_and_evaluate_end_to_end(
 
     objects = torch.stack([ds[i]["mask"] for i in range(len(ds))])
     assert objects.any() and not objects.all()
-    assert results["object_psnr_db"] == pytest.approx(float(masked_psnr(rec, frames, objects).nanmean()), rel=1e-4)
+    assert results["object_psnr_db"] == pytest.approx(
+        float(masked_psnr(rec, frames, objects).nanmean()), rel=1e-4
+    )
     assert results["background_psnr_db"] == pytest.approx(
         float(masked_psnr(rec, frames, ~objects).nanmean()), rel=1e-4
     )

@@ -320,6 +320,8 @@ class TokenizerConfig(_Strict):
         "l2"  # l2 is what PSNR measures; it raised PSNR faster than l1 in trials
     )
     object_weight: float = Field(20.0, ge=1.0)  # loss weight on gripper/object pixels (segmentation > 0)
+    # pixels around them weighted the same: the edge just outside the segmentation blurs the most
+    object_margin: int = Field(0, ge=0, le=8)
     disc_weight: float = Field(0.0, ge=0)  # 0: no GAN; off on CPU (doubles step cost, lowers PSNR)
     disc_start_step: int = Field(2000, ge=0)  # GAN term off before this step: let reconstructions settle
     disc_channels: int = Field(64, ge=8, le=1024)

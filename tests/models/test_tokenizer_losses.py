@@ -60,6 +60,23 @@ def test_pixel_weights_from_segmentation() -> None:
     assert w[0, 0].tolist() == [[1.0, 20.0], [20.0, 1.0]]
 
 
+def test_pixel_weights_margin_covers_the_pixels_around_objects() -> None:
+    seg = torch.zeros(1, 7, 7, dtype=torch.long)
+    seg[0, 3, 3] = 1
+    seg[0, 0, 6] = 2  # at the border: the margin is cut by the frame, nothing wraps around
+    one = pixel_weights(seg, 5.0, margin=1)[0, 0]
+    expected = torch.ones(7, 7)
+    expected[2:5, 2:5] = 5.0
+    expected[0:2, 5:7] = 5.0
+    assert torch.equal(one, expected)
+    two = pixel_weights(seg, 5.0, margin=2)[0, 0]
+    expected = torch.ones(7, 7)
+    expected[1:6, 1:6] = 5.0
+    expected[0:3, 4:7] = 5.0
+    assert torch.equal(two, expected)
+    assert torch.equal(pixel_weights(seg, 5.0, margin=0), pixel_weights(seg, 5.0))
+
+
 def test_object_weight_scales_errors_on_object_pixels() -> None:
     loss = TokenizerLoss(tcfg(object_weight=10.0, recon_loss="l2"))
     frames = torch.zeros(1, 3, 2, 2)

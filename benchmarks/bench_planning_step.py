@@ -72,9 +72,8 @@ def _export(folder: Path, d_model: int, blocks: int, context: int, future: int) 
     return export_predictor(tok_path, mv_path, folder / f"predictor_{d_model}x{blocks}.ts", cfg.safety)[0]
 
 
-_ARM_POSE = np.array(
-    [0.0, 0.0, 0.022, 0.0, -1.0]
-)  # the workspace centre at push height (pose-conditioned models)
+# the arm's pose for every timed step: the workspace centre at push height (pose-conditioned models)
+_ARM_POSE = np.array([0.0, 0.0, 0.022, 0.0, -1.0])
 
 
 def _plan_times(path: Path, overrides: list[str], repeats: int, seed: int) -> dict[str, float]:

@@ -367,6 +367,25 @@ class MaskViT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @torch.no_grad()
+    def make_blocks_identity(self, first: int) -> None:
+        """Zero every residual output of ``blocks[first:]`` (attention and MLP projections, action and
+        pose terms), so those blocks pass their input through unchanged.
+
+        Deepening a trained model: load its weights into a deeper network with this config, call this
+        for the new blocks, and the deeper model predicts exactly as the trained one did; training
+        then grows the new blocks from zero (their output projections get gradients at once).
+        """
+        for block in self.blocks[first:]:
+            for layer in (block.first, block.second):
+                for proj in (layer.attn.proj, layer.mlp.proj):
+                    nn.init.zeros_(proj.weight)
+                    nn.init.zeros_(proj.bias)
+            for term in (block.action_proj, block.pose_proj):
+                if term is not None:
+                    nn.init.zeros_(term.weight)
+                    nn.init.zeros_(term.bias)
+
 
 def maskvit_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> MaskViT:
     """Rebuild the model (in eval mode) from a checkpoint dict read with ``training.load_checkpoint``."""

@@ -216,12 +216,17 @@ def _train(
                 f"--init-from {init_from} is not a train-maskvit checkpoint or exported predictor"
             )
         differ = _network_differences(saved, model_cfg)
-        # switching pose conditioning on adds zero-initialised weights: the model starts as it was
+        # Two changes add zero-initialised weights, so the model starts out predicting as it was:
+        # switching pose conditioning on, and more blocks (appended as identities: deepening).
         adds_pose = model_cfg.pose_conditioning and not saved.get("pose_conditioning", False)
-        if [k for k in differ if not (adds_pose and k in _POSE_FIELDS)]:
+        saved_blocks = int(saved.get("n_blocks", model_cfg.n_blocks))
+        adds_blocks = model_cfg.n_blocks > saved_blocks
+        allowed = (_POSE_FIELDS if adds_pose else ()) + (("n_blocks",) if adds_blocks else ())
+        if [k for k in differ if k not in allowed]:
             raise UserError(
                 f"cannot start from {init_from}: its network differs from this config's in {differ}; "
-                "train with the config it was trained with (e.g. --config maskvit_cpu)"
+                "train with the config it was trained with (e.g. --config maskvit_cpu); only "
+                "maskvit.pose_conditioning and a larger maskvit.n_blocks may be added"
             )
         trained_on = ckpt["extra"].get("tokenizer_sha256")
         if trained_on and trained_on != tokenizer_id:
@@ -231,12 +236,17 @@ def _train(
                 "tokenizer it was trained on"
             )
         missing, unexpected = raw_model.load_state_dict(ckpt["models"]["maskvit"], strict=False)
-        if unexpected or any("pose_proj" not in k for k in missing):
+        new_block = tuple(f"blocks.{i}." for i in range(saved_blocks, model_cfg.n_blocks))
+        if unexpected or any("pose_proj" not in k and not k.startswith(new_block) for k in missing):
             raise UserError(
                 f"{init_from} does not fit the network: missing {missing}, unexpected {unexpected}"
             )
+        if adds_blocks:
+            raw_model.make_blocks_identity(saved_blocks)
         if ctx.is_main and missing:
-            log.info("pose conditioning added: %d new zero-initialised tensors", len(missing))
+            log.info("%d new zero-initialised tensors (%s)", len(missing),
+                     ", ".join(n for n, on in (("pose conditioning", adds_pose),
+                                               (f"blocks {saved_blocks}-{model_cfg.n_blocks - 1}", adds_blocks)) if on))  # fmt: skip
         if ckpt["extra"].get("background") is not None:
             background = torch.tensor(ckpt["extra"]["background"], device=ctx.device)
         if ctx.is_main:

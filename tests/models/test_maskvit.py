@@ -279,3 +279,28 @@ def test_pose_settings_come_from_the_config_and_are_checked() -> None:
     assert MaskViTModelConfig.from_config(load_config("default").maskvit, K, 8).pose_scale is None
     with pytest.raises(MaskViTInputError, match="pose_scale must be positive"):
         tiny_config(pose_conditioning=True, pose_offset=[0, 0, 0], pose_scale=[0.1, 0.0, 0.1])
+
+
+@pytest.mark.parametrize("conditioning", ["input", "every_block"])
+def test_deepened_model_starts_as_the_trained_one_and_its_new_block_learns(conditioning: str) -> None:
+    torch.manual_seed(0)
+    extra = dict(action_conditioning=conditioning, pose_conditioning=True, pose_scale=[0.1] * 3)
+    shallow = MaskViT(tiny_config(n_blocks=1, **extra)).eval()
+    for p in shallow.parameters():  # a "trained" model: no zero weights anywhere
+        p.data.normal_(0.0, 0.1)
+    deep = MaskViT(tiny_config(n_blocks=2, **extra)).eval()
+    missing, unexpected = deep.load_state_dict(shallow.state_dict(), strict=False)
+    assert missing and all(k.startswith("blocks.1.") for k in missing) and not unexpected
+    tokens, actions = random_clip()
+    pose = torch.tensor([[0.01, -0.02, 0.03]] * 2)
+    with torch.no_grad():
+        before = deep(tokens, actions, pose)
+        assert (before - shallow(tokens, actions, pose)).abs().amax() > 1e-3  # random new block: different
+        deep.make_blocks_identity(1)
+        assert torch.allclose(deep(tokens, actions, pose), shallow(tokens, actions, pose), atol=1e-5)
+    # the new block's zeroed output projections get gradients at once, so training grows it
+    deep.train()
+    deep(tokens, actions, pose).logsumexp(-1).mean().backward()
+    new = dict(deep.blocks[1].named_parameters())
+    for name in ("first.attn.proj.weight", "first.mlp.proj.weight", "second.mlp.proj.weight"):
+        assert new[name].grad is not None and new[name].grad.abs().sum() > 0, name

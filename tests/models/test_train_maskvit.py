@@ -213,3 +213,29 @@ def test_pose_conditioning_trains_and_can_be_added_to_a_model_without_it(
     # and back: a pose-conditioned checkpoint does not fit a network without it
     argv = _argv(episodes, tok, tmp_path / "back", "--init-from", str(out / "step_0000002.pt"))
     assert train_maskvit.main(argv) == 2
+
+
+def test_init_from_a_shallower_model_adds_identity_blocks(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    episodes, tok = setup
+    quiet = ["--set", "maskvit.val_decode_clips=0"]
+    base = tmp_path / "base"
+    assert train_maskvit.main(_argv(episodes, tok, base, "--steps", "2", *quiet)) == 0
+    trained = load_checkpoint(base / "step_0000002.pt")
+    deeper = ["--set", "maskvit.n_blocks=2", "--set", "maskvit.lr=1e-12", "--set", "maskvit.warmup_steps=0"]
+    out = tmp_path / "deep"
+    argv = _argv(episodes, tok, out, "--steps", "2", "--init-from", str(base / "step_0000002.pt"))
+    assert train_maskvit.main(argv + quiet + deeper) == 0
+    ckpt = load_checkpoint(out / "step_0000002.pt")
+    assert ckpt["extra"]["model_config"]["n_blocks"] == 2
+    weights = ckpt["models"]["maskvit"]
+    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in trained["models"]["maskvit"].items())
+    # with a learning rate of ~0 the added block is still the identity: the deeper network predicts as before
+    shallow, deep = maskvit_from_checkpoint(trained), maskvit_from_checkpoint(ckpt)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 33, (2, 4, 4, 4), generator=g)
+    actions = torch.randn(2, 3, 5, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(deep(tokens, actions), shallow(tokens, actions), atol=1e-5)
+    # fewer blocks than the checkpoint is refused
+    argv = _argv(episodes, tok, tmp_path / "back", "--init-from", str(out / "step_0000002.pt"))
+    assert train_maskvit.main(argv + quiet) == 2

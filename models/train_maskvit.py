@@ -244,9 +244,9 @@ def _train(
         if adds_blocks:
             raw_model.make_blocks_identity(saved_blocks)
         if ctx.is_main and missing:
-            log.info("%d new zero-initialised tensors (%s)", len(missing),
-                     ", ".join(n for n, on in (("pose conditioning", adds_pose),
-                                               (f"blocks {saved_blocks}-{model_cfg.n_blocks - 1}", adds_blocks)) if on))  # fmt: skip
+            added = [what for what, on in (("pose conditioning", adds_pose), ("blocks", adds_blocks)) if on]
+            log.info("added %s: %d new tensors, set so that the model starts as loaded", " and ".join(added),
+                     len(missing))  # fmt: skip
         if ckpt["extra"].get("background") is not None:
             background = torch.tensor(ckpt["extra"]["background"], device=ctx.device)
         if ctx.is_main:

@@ -64,6 +64,9 @@ def _measure(model, objective, opt, batch, plan_batch, precision: str, repeats: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["128x2", "192x3", "256x4"], help="d_model x blocks")
+    parser.add_argument(
+        "--dropouts", nargs="+", type=float, default=[0.1], help="dropout rates to train each size with"
+    )
     parser.add_argument("--codebook", type=int, default=512)
     parser.add_argument("--grid", type=int, default=8)
     parser.add_argument("--context", type=int, default=2)
@@ -79,11 +82,11 @@ def main() -> None:
 
     rows = []
     T = args.context + args.future
-    for size in args.sizes:
+    for size, dropout in ((s, p) for s in args.sizes for p in args.dropouts):
         d, blocks = (int(v) for v in size.split("x"))
         cfg = MaskViTModelConfig(
             codebook_size=args.codebook, grid_h=args.grid, grid_w=args.grid, num_frames=T,
-            d_model=d, n_blocks=blocks, n_heads=max(1, d // 32),
+            d_model=d, n_blocks=blocks, n_heads=max(1, d // 32), dropout=dropout,
         )  # fmt: skip
         model = MaskViT(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -96,7 +99,11 @@ def main() -> None:
             0, args.codebook, (args.samples, args.context + args.horizon, args.grid, args.grid)
         )
         plan_actions = torch.randn(args.samples, args.context + args.horizon - 1, 5)
-        row = {"model": f"d {d}, {blocks} blocks", "params": f"{model.num_parameters() / 1e6:.2f}M"}
+        row = {
+            "model": f"d {d}, {blocks} blocks",
+            "dropout": f"{dropout:g}",
+            "params": f"{model.num_parameters() / 1e6:.2f}M",
+        }
         for precision in ("fp32", "bf16"):
             step_s, pass_s = _measure(
                 model, objective, opt, (tokens, actions), (plan_tokens, plan_actions), precision, args.repeats

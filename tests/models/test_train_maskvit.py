@@ -236,6 +236,11 @@ def test_init_from_a_shallower_model_adds_identity_blocks(setup: tuple[Path, Pat
     actions = torch.randn(2, 3, 5, generator=g)
     with torch.no_grad():
         assert torch.allclose(deep(tokens, actions), shallow(tokens, actions), atol=1e-5)
+    # dropout is not part of the network: a fine-tune may change it
+    argv = _argv(
+        episodes, tok, tmp_path / "nodrop", "--steps", "2", "--init-from", str(base / "step_0000002.pt")
+    )
+    assert train_maskvit.main(argv + quiet + ["--set", "maskvit.dropout=0"]) == 0
     # fewer blocks than the checkpoint is refused
     argv = _argv(episodes, tok, tmp_path / "back", "--init-from", str(out / "step_0000002.pt"))
     assert train_maskvit.main(argv + quiet) == 2

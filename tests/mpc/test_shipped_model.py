@@ -103,3 +103,9 @@ def test_the_shipped_model_unpacks_into_checkpoints_for_fine_tuning(tmp_path):
     mv = load_checkpoint(unpacked.maskvit)
     assert mv["config"]["maskvit"]["context_frames"] == cfg.mpc.context_frames
     assert maskvit_from_checkpoint(mv).num_frames >= cfg.mpc.context_frames + cfg.planner.horizon
+    # the documented fine-tune, `train-maskvit --config maskvit_cpu --init-from maskvit`, needs the
+    # preset to describe the shipped network
+    preset = load_config("maskvit_cpu").maskvit
+    network = mv["extra"]["model_config"]
+    for field in ("d_model", "n_blocks", "n_heads", "action_cumulative", "pose_conditioning"):
+        assert network[field] == getattr(preset, field), field

@@ -119,8 +119,9 @@ def main() -> None:
                     frames.append(sim.render())
             true_frames.append(np.stack(frames))
             true_dist.append(task.distance(sim, episode))
-        true_cost = cost(np.stack(true_frames))
-        true_lost += int((~object_shown(np.stack(true_frames)[:, -1], colour)).sum())
+        true_frames = np.stack(true_frames)  # (plans, scored frames, H, W, 3)
+        true_cost = cost(true_frames)
+        true_lost += int((~object_shown(true_frames[:, -1], colour)).sum())
         true_dist = np.asarray(true_dist)
         best_dist.append(np.sort(true_dist)[:5].mean())
         median_dist.append(float(np.median(true_dist)))
@@ -138,8 +139,9 @@ def main() -> None:
             regret = (true_cost[chosen].mean() - best_true) / spread
             # a predicted frame without the gripper: the push goal has none, so it looks cheap
             erased = sum(gripper_centre(frame) is None for frame in predicted[:, -1])
-            # the task's own measure: how far from its goal the object ends after the chosen plans
+            # rollouts that lost the pushed object
             lost = int((~object_shown(predicted[:, -1], colour)).sum())
+            # the task's own measure: how far from its goal the object ends after the chosen plans
             results[name].append((rho, float(regret), erased, float(true_dist[chosen].mean()), lost))
         print(f"scene {args.seed + i}: " + ", ".join(f"{n} rho {r[-1][0]:.2f} regret {r[-1][1]:.2f}" for n, r in results.items()),
               file=sys.stderr, flush=True)  # fmt: skip

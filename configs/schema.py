@@ -398,10 +398,15 @@ class MaskViTConfig(_Strict):
     mask_ratio_max: float = Field(1.0, gt=0, le=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)  # as in MaskGIT; 0 disables
     # changed: tokens that differ from the previous frame's token at the same position weigh more;
-    # background: tokens that differ from the per-position most common token weigh more. ~62% of
-    # tabletop tokens are static background and otherwise dominate the loss.
-    token_weighting: Literal["none", "changed", "background"] = "none"
+    # background: tokens that differ from the per-position most common token weigh more; context:
+    # "changed" tokens and, in the future frames, those that differ from the last context frame (what
+    # copy-last gets wrong: a moved object weighs in every later frame). ~62% of tabletop tokens are
+    # static background and otherwise dominate the loss.
+    token_weighting: Literal["none", "changed", "background", "context"] = "none"
     token_weight: float = Field(4.0, ge=1)  # weight of the changed / non-background tokens (others: 1)
+    # weight (at least) of the token cells showing an object in the target frame or in the last context
+    # frame (from the recorded segmentation): the pushed object, and the place it leaves. 1: off.
+    object_token_weight: float = Field(1.0, ge=1)
     extra_visible_frames: list[int] = []  # future frame indices (of the whole clip, -1 = last) never masked
     # iterative decoding (models/decoding.py)
     decode_steps: int = Field(5, ge=1)  # forward passes per prediction (VP2's MaskViT wrapper: 5)

@@ -40,7 +40,7 @@ __all__ = [
     "token_weights",
 ]
 
-TokenWeighting = Literal["none", "changed", "background"]
+TokenWeighting = Literal["none", "changed", "background", "context"]
 
 
 class MaskingError(UserError, ValueError):
@@ -111,17 +111,31 @@ def background_tokens(tokens: Tensor) -> Tensor:
 
 
 def informative_tokens(
-    tokens: Tensor, rule: Literal["changed", "background"], background: Tensor | None = None
+    tokens: Tensor,
+    rule: Literal["changed", "background", "context"],
+    background: Tensor | None = None,
+    context_frames: int = 1,
 ) -> Tensor:
     """(B, T, h, w) bool: the tokens that carry motion rather than static background.
 
     "changed": the token differs from the previous frame's token at the same position (frame 0 has no
     previous frame: False). "background": it differs from ``background`` (h, w), the per-position most
-    common token (:func:`background_tokens`).
+    common token (:func:`background_tokens`). "context": "changed", or, in a future frame (index
+    ``context_frames`` on), the token differs from the last context frame's: everything a copy of the
+    last observed frame would get wrong, so a pushed object weighs in every frame after it moved, not
+    only in the frame where it moved.
     """
-    if rule == "changed":
+    if rule in ("changed", "context"):
         informative = torch.zeros_like(tokens, dtype=torch.bool)
         informative[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+        if rule == "context":
+            if not 1 <= context_frames <= tokens.shape[1]:
+                raise MaskingError(
+                    f"context_frames must be in [1, {tokens.shape[1]}] for a {tokens.shape[1]}-frame clip, "
+                    f"got {context_frames}"
+                )
+            last = tokens[:, context_frames - 1 : context_frames]
+            informative[:, context_frames:] |= tokens[:, context_frames:] != last
         return informative
     if rule == "background":
         if background is None:
@@ -134,7 +148,7 @@ def informative_tokens(
                 f"background tokens are {tuple(background.shape)}, the clip grid is {tuple(tokens.shape[-2:])}"
             )
         return tokens != background.to(tokens.device)
-    raise MaskingError(f"informative-token rule must be 'changed' or 'background', got {rule!r}")
+    raise MaskingError(f"informative-token rule must be 'changed', 'background' or 'context', got {rule!r}")
 
 
 def token_weights(
@@ -142,15 +156,18 @@ def token_weights(
     weighting: TokenWeighting,
     weight: float,
     background: Tensor | None = None,
+    context_frames: int = 1,
 ) -> Tensor:
     """(B, T, h, w) float loss weights: ``weight`` for informative tokens (see :func:`informative_tokens`
     with ``weighting`` as the rule), 1 for the others; "none": all ones."""
     ones = torch.ones(tokens.shape, dtype=torch.float32, device=tokens.device)
     if weighting == "none":
         return ones
-    if weighting not in ("changed", "background"):
-        raise MaskingError(f"token_weighting must be 'none', 'changed' or 'background', got {weighting!r}")
-    return ones.masked_fill(informative_tokens(tokens, weighting, background), weight)
+    if weighting not in ("changed", "background", "context"):
+        raise MaskingError(
+            f"token_weighting must be 'none', 'changed', 'background' or 'context', got {weighting!r}"
+        )
+    return ones.masked_fill(informative_tokens(tokens, weighting, background, context_frames), weight)
 
 
 @dataclass
@@ -200,6 +217,9 @@ class MVMObjective:
     token_weighting: TokenWeighting = "none"
     token_weight: float = 1.0
     background: Tensor | None = None  # (h, w), needed for token_weighting="background"
+    # weight (at least) of the token cells that show an object in the target frame or in the last
+    # context frame (where it was); 1: off. Needs the clips' object cells (segmentation).
+    object_token_weight: float = 1.0
 
     @classmethod
     def from_config(
@@ -214,6 +234,7 @@ class MVMObjective:
             token_weighting=cfg.token_weighting,
             token_weight=cfg.token_weight,
             background=background,
+            object_token_weight=cfg.object_token_weight,
         )
 
     def __call__(
@@ -223,9 +244,14 @@ class MVMObjective:
         actions: Tensor | None = None,
         generator: torch.Generator | None = None,
         start_pose: Tensor | None = None,
+        objects: Tensor | None = None,
     ) -> MVMLoss:
         """Mask ``tokens`` (B, T, h, w), run ``model(masked, actions, start_pose)`` and score the masked
         positions.
+
+        ``objects`` (B, T, h, w) bool marks the cells that show an object; with ``object_token_weight``
+        above 1 those cells, and the cells an object showed in the last context frame, weigh at least
+        that much (the object a push moves, and the place it leaves).
 
         ``generator`` must live on ``tokens.device`` (None: torch's global generator).
         """
@@ -233,12 +259,26 @@ class MVMObjective:
         targets = target_frames(T, self.context_frames, self.extra_visible_frames)
         mask = sample_mask(targets, B, (h, w), self.ratio_range, generator, tokens.device)
         logits = model(apply_mask(tokens, mask, self.mask_token), actions, start_pose)
-        weights = token_weights(tokens, self.token_weighting, self.token_weight, self.background)
+        weights = token_weights(
+            tokens, self.token_weighting, self.token_weight, self.background, self.context_frames
+        )
+        if self.object_token_weight > 1:
+            if objects is None:
+                raise MaskingError(
+                    "object_token_weight needs the clips' object cells (episodes recorded with segmentation)"
+                )
+            if objects.shape != tokens.shape:
+                raise MaskingError(
+                    f"object cells are {tuple(objects.shape)}, the tokens {tuple(tokens.shape)}"
+                )
+            last = self.context_frames - 1
+            cells = objects | objects[:, last : last + 1]
+            weights = torch.where(cells, weights.clamp(min=self.object_token_weight), weights)
         loss = mvm_loss(logits, tokens, mask, weights, self.label_smoothing)
         with torch.no_grad():
             correct = logits[mask].argmax(-1) == tokens[mask]
             rule = "changed" if self.token_weighting == "none" else self.token_weighting
-            informative = informative_tokens(tokens, rule, self.background)[mask]
+            informative = informative_tokens(tokens, rule, self.background, self.context_frames)[mask]
             n_informative = int(informative.sum())
             n_targets = int(targets.sum()) * h * w
         return MVMLoss(

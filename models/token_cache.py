@@ -57,6 +57,9 @@ class TokenCache:
         self.codes: dict[str, Tensor] = {}
         self.actions: dict[str, dict[str, np.ndarray]] = {}
         self.poses: dict[str, np.ndarray] = {}  # (num_frames, 3) float32 end-effector x, y, z
+        # (num_frames, h, w) bool: the token cells that hold an object's pixels (segmentation label 2+);
+        # only for episodes recorded with segmentation (the simulator's)
+        self.objects: dict[str, Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -74,6 +77,10 @@ class TokenCache:
         """(num_frames, 3) float32: the end effector's x, y, z (metres) at each frame."""
         return self.poses[_key(episode)]
 
+    def episode_objects(self, episode: Episode) -> Tensor | None:
+        """(num_frames, h, w) bool: token cells showing an object, None without segmentation."""
+        return self.objects.get(_key(episode))
+
     @torch.no_grad()
     def add(
         self,
@@ -82,11 +89,14 @@ class TokenCache:
         batch_frames: int = 256,
         progress: bool = True,
     ) -> int:
-        """Encode the episodes not cached yet; returns how many were added (or given their positions:
-        caches written before positions were kept get them from the episode files, without encoding)."""
+        """Encode the episodes not cached yet; returns how many were added (or given their positions and
+        object cells: caches written before those were kept get them from the episode files, without
+        encoding)."""
         for episode in episodes:
             if self.has(episode) and _key(episode) not in self.poses:
                 self.poses[_key(episode)] = _positions(episode)
+            if self.has(episode) and _key(episode) not in self.objects:
+                self._add_objects(episode)
         todo = [e for e in episodes if not self.has(e)]
         if not todo:
             return 0
@@ -109,7 +119,14 @@ class TokenCache:
                 for source in _action_sources(episode)
             }
             self.poses[key] = _positions(episode)
+            self._add_objects(episode)
         return len(todo)
+
+    def _add_objects(self, episode: Episode) -> None:
+        grid = tuple(self.episode_codes(episode).shape[-2:])
+        cells = _object_cells(episode, self.image_size, grid)  # type: ignore[arg-type]
+        if cells is not None:
+            self.objects[_key(episode)] = cells
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -121,6 +138,7 @@ class TokenCache:
             "codes": self.codes,
             "actions": {k: {s: torch.from_numpy(a) for s, a in v.items()} for k, v in self.actions.items()},
             "poses": {k: torch.from_numpy(p) for k, p in self.poses.items()},
+            "objects": self.objects,
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
@@ -149,6 +167,7 @@ class TokenCache:
         cache.codes = data["codes"]
         cache.actions = {k: {s: a.numpy() for s, a in v.items()} for k, v in data["actions"].items()}
         cache.poses = {k: p.numpy() for k, p in data.get("poses", {}).items()}
+        cache.objects = dict(data.get("objects", {}))
         return cache
 
     @classmethod
@@ -162,18 +181,35 @@ class TokenCache:
     ) -> TokenCache:
         """Load the cache, encode whatever episodes it lacks, and save it if anything was added."""
         cache = cls.load(path, tokenizer_id, tokenizer.image_size) or cls(tokenizer_id, tokenizer.image_size)
-        had_positions = len(cache.poses)
+        had_positions, had_objects = len(cache.poses), len(cache.objects)
         added = cache.add(episodes, tokenizer, progress=progress)
         positioned = len(cache.poses) - had_positions - added
-        if added or positioned:
+        if added or positioned or len(cache.objects) != had_objects:
             cache.save(path)
-            log.info("encoded %d episodes into %s (%d cached in all%s)", added, path, len(cache),
-                     f"; arm positions added for {positioned} cached before" if positioned else "")  # fmt: skip
+            objects = len(cache.objects) - had_objects - added
+            log.info("encoded %d episodes into %s (%d cached in all%s%s)", added, path, len(cache),
+                     f"; arm positions added for {positioned} cached before" if positioned else "",
+                     f"; object cells added for {objects} cached before" if objects > 0 else "")  # fmt: skip
         return cache
 
 
 def _positions(episode: Episode) -> np.ndarray:
     return np.ascontiguousarray(episode.poses(0, episode.num_frames, 1)[:, :3], dtype=np.float32)
+
+
+def _object_cells(episode: Episode, image_size: int, grid: tuple[int, int]) -> Tensor | None:
+    """(num_frames, h, w) bool: the token cells with any object pixel (label 2+ of the recorded
+    segmentation, brought to the tokenizer's image size); None when the episode has no segmentation."""
+    if not isinstance(episode, RecordedEpisode):
+        return None
+    f = episode._h5()
+    if "segmentation" not in f:
+        return None
+    labels = torch.from_numpy(f["segmentation"][:])  # (T, H, W) uint8: 0 table, 1 gripper, 2+ objects
+    objects = (labels >= 2).float()[:, None]
+    if objects.shape[-2:] != (image_size, image_size):
+        objects = torch.nn.functional.interpolate(objects, size=(image_size, image_size), mode="nearest")
+    return torch.nn.functional.adaptive_max_pool2d(objects, grid)[:, 0] > 0
 
 
 def _action_sources(episode: Episode) -> tuple[str, ...]:
@@ -183,7 +219,9 @@ def _action_sources(episode: Episode) -> tuple[str, ...]:
 class TokenClips(Dataset):
     """The clips of an :class:`EpisodeClips`, served from the cache: ``tokens`` (T, h, w) long, ``actions``
     (T-1, 5) float32, ``start_pose`` (3,) float32 (the end effector's x, y, z at the clip's first frame),
-    ``episode`` and ``start`` as there. Item ``i`` is the same clip as ``clips[i]``."""
+    ``objects`` (T, h, w) bool (the token cells showing an object; all False for episodes recorded
+    without segmentation), ``episode`` and ``start`` as there. Item ``i`` is the same clip as
+    ``clips[i]``."""
 
     def __init__(self, clips: EpisodeClips, cache: TokenCache) -> None:
         missing = [e.name for e in clips.episodes if not cache.has(e)]
@@ -206,8 +244,14 @@ class TokenClips(Dataset):
         raw = self.cache.episode_actions(episode, source)[start : stop - 1]
         actions = sum_actions(raw, self.clips.clip_length, self.clips.frame_skip)
         start_pose = torch.from_numpy(self.cache.episode_positions(episode)[start].copy())
+        cells = self.cache.episode_objects(episode)
+        if cells is None:
+            objects = torch.zeros(tokens.shape, dtype=torch.bool)
+        else:
+            objects = cells[start : stop : self.clips.frame_skip]
         return {
             "tokens": tokens,
+            "objects": objects,
             "actions": torch.from_numpy(actions),
             "start_pose": start_pose,
             "episode": i,

@@ -294,7 +294,14 @@ def _train(
         lr = lr_at(step, mcfg.lr, mcfg.warmup_steps, mcfg.steps, mcfg.min_lr_ratio)
         set_lr(opt, lr)
         with autocast(mcfg.precision, ctx.device):
-            result = objective(model, tokens, actions, gen, batch["start_pose"].to(ctx.device))
+            result = objective(
+                model,
+                tokens,
+                actions,
+                gen,
+                batch["start_pose"].to(ctx.device),
+                batch["objects"].to(ctx.device),
+            )
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         if mcfg.grad_clip > 0:
@@ -375,7 +382,14 @@ def _validate(
         tokens = batch["tokens"].to(ctx.device)
         actions = batch["actions"].to(ctx.device) if mcfg.action_conditioning != "none" else None
         with autocast(mcfg.precision, ctx.device):
-            r = objective(model, tokens, actions, gen, batch["start_pose"].to(ctx.device))
+            r = objective(
+                model,
+                tokens,
+                actions,
+                gen,
+                batch["start_pose"].to(ctx.device),
+                batch["objects"].to(ctx.device),
+            )
         for key, value in (
             ("val_loss", r.loss.item()),
             ("val_accuracy", r.accuracy),

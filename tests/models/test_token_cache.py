@@ -81,3 +81,42 @@ def test_clips_carry_the_arm_position_at_their_first_frame(tmp_path) -> None:
     again = TokenCache.load_or_build(tmp_path / "c.pt", tokenizer, "tok", episodes, progress=False)
     assert not calls and len(again.poses) == len(episodes)
     assert "poses" in torch.load(tmp_path / "c.pt", weights_only=True)
+
+
+def test_clips_carry_the_token_cells_that_show_an_object(tmp_path: Path) -> None:
+    """objects marks the cells of the token grid with any object pixel (segmentation label 2+) in each
+    clip frame; a cache written before they were kept gets them without encoding again; episodes without
+    segmentation give all-False cells."""
+    import h5py
+
+    folder = write_episodes(tmp_path / "eps", n=2, steps=6, size=16)
+    episodes = recorded_episodes(folder)
+    tok = _tokenizer()  # 16 px images, a 4x4 grid: 4x4-pixel cells
+    path = tmp_path / "cache.pt"
+    cache = TokenCache.load_or_build(path, tok, "tok", episodes, progress=False)
+    clips = EpisodeClips(episodes, clip_length=3, frame_skip=2)
+    tokens = TokenClips(clips, cache)
+    for i in range(len(clips)):
+        episode, start = clips.clip_location(i)
+        with h5py.File(episodes[episode].path, "r") as f:
+            labels = torch.from_numpy(f["segmentation"][start : start + clips.span : 2])
+        expected = (labels >= 2).reshape(3, 4, 4, 4, 4).any(dim=(2, 4))
+        assert tokens[i]["objects"].dtype == torch.bool
+        assert torch.equal(tokens[i]["objects"], expected)
+    assert any(tokens[i]["objects"].any() for i in range(len(tokens)))  # the synthetic scenes have objects
+
+    data = torch.load(path, weights_only=True)
+    del data["objects"]  # as written before
+    torch.save(data, path)
+    calls = []
+    tok.encode = lambda *a: calls.append(a)
+    again = TokenCache.load_or_build(path, tok, "tok", episodes, progress=False)
+    assert calls == [] and len(again.objects) == 2
+    assert torch.equal(TokenClips(clips, again)[0]["objects"], tokens[0]["objects"])
+    assert "objects" in torch.load(path, weights_only=True)  # written back
+
+    plain = write_episodes(tmp_path / "plain", n=1, steps=6, size=16, segmentation=False)
+    bare = recorded_episodes(plain)
+    cache = TokenCache.load_or_build(tmp_path / "bare.pt", _tokenizer(), "tok2", bare, progress=False)
+    item = TokenClips(EpisodeClips(bare, clip_length=3), cache)[0]
+    assert item["objects"].shape == item["tokens"].shape and not item["objects"].any()

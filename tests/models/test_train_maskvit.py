@@ -244,3 +244,17 @@ def test_init_from_a_shallower_model_adds_identity_blocks(setup: tuple[Path, Pat
     # fewer blocks than the checkpoint is refused
     argv = _argv(episodes, tok, tmp_path / "back", "--init-from", str(out / "step_0000002.pt"))
     assert train_maskvit.main(argv + quiet) == 2
+
+
+def test_object_and_context_weighting_train_from_the_cli(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """maskvit.object_token_weight reads the episodes' segmentation into the token cache and trains."""
+    episodes, tok = setup
+    out = tmp_path / "obj"
+    argv = _argv(episodes, tok, out, "--steps", "2")
+    argv += ["--set", "maskvit.token_weighting=context", "--set", "maskvit.object_token_weight=16"]
+    assert train_maskvit.main(argv) == 0
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["loss"]) > 0 and float(rows[-1]["val_loss"]) > 0
+    cache = torch.load(out / "token_cache.pt", weights_only=True)
+    assert cache["objects"] and all(v.dtype == torch.bool for v in cache["objects"].values())

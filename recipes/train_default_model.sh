@@ -5,6 +5,7 @@
 #   3. train MaskViT over its codes, with 2 blocks   (train-maskvit --config maskvit_cpu --set maskvit.n_blocks=2)
 #      then fine-tune it with a new schedule          (train-maskvit --init-from ..., as the shipped model was)
 #      then deepen it to the preset's 3 blocks and fine-tune again (the new block starts as the identity)
+#      then fine-tune once more without dropout        (--set maskvit.dropout=0)
 #   4. export one TorchScript predictor               (export-predictor)
 #   5. measure it in closed-loop planning             (mpc-eval --workers 2)
 # Every stage resumes where it stopped: run the script again after a crash, a reboot or Ctrl-C.
@@ -12,7 +13,8 @@
 #
 #   recipes/train_default_model.sh                        # defaults below
 #   WORK=/data/mv HOURS=8 TOK_STEPS=20000 MV_STEPS=8000 recipes/train_default_model.sh
-#   WORK=/tmp/smoke HOURS=0.02 TOK_STEPS=2 MV_STEPS=2 FT_STEPS=2 DEEP_STEPS=2 EVAL_EPISODES=2 EVAL_ARGS="--max-steps 1" \
+#   WORK=/tmp/smoke HOURS=0.02 TOK_STEPS=2 MV_STEPS=2 FT_STEPS=2 DEEP_STEPS=2 NODROP_STEPS=2 EVAL_EPISODES=2 \
+#       EVAL_ARGS="--max-steps 1" \
 #       recipes/train_default_model.sh               # a minutes-long check that every stage runs
 #   GPU users: the same, with more steps; the commands pick CUDA when it is there.
 set -euo pipefail
@@ -23,6 +25,7 @@ TOK_STEPS=${TOK_STEPS:-10000}             # tokenizer optimizer steps (batch 64 
 MV_STEPS=${MV_STEPS:-4000}                # MaskViT optimizer steps (batch 32 clips), about 2 h on 2 cores
 FT_STEPS=${FT_STEPS:-1500}                # fine-tuning steps at a new learning rate (0: none), about 50 min
 DEEP_STEPS=${DEEP_STEPS:-1500}            # fine-tuning steps after deepening to 3 blocks (0: none), about 90 min
+NODROP_STEPS=${NODROP_STEPS:-2200}        # fine-tuning steps without dropout (0: none), about 115 min
 EPISODES=${EVAL_EPISODES:-30}             # closed-loop evaluation episodes
 EVAL_ARGS=${EVAL_ARGS:-}                  # extra mpc-eval arguments, e.g. "--max-steps 5"
 BIN=${BIN:-$(dirname "$(command -v mpc-run || echo .venv/bin/mpc-run)")}
@@ -62,6 +65,15 @@ if [ "$DEEP_STEPS" -gt 0 ]; then
         --out "$WORK/maskvit_deep" --steps "$DEEP_STEPS" "${init[@]}" \
         --set maskvit.lr=0.0005 --set maskvit.warmup_steps=100 --token-cache "$WORK/maskvit/token_cache.pt"
     MASKVIT=$(latest "$WORK/maskvit_deep")
+fi
+if [ "$NODROP_STEPS" -gt 0 ]; then
+    echo "== 3/5 fine-tune without dropout ($NODROP_STEPS steps) from $MASKVIT"
+    if compgen -G "$WORK/maskvit_nodrop/step_*.pt" > /dev/null; then init=(--resume); else init=(--init-from "$MASKVIT"); fi
+    "$BIN/train-maskvit" --config maskvit_cpu --data "$WORK/episodes" --tokenizer "$TOKENIZER" \
+        --out "$WORK/maskvit_nodrop" --steps "$NODROP_STEPS" "${init[@]}" \
+        --set maskvit.lr=0.0005 --set maskvit.warmup_steps=100 --set maskvit.dropout=0 \
+        --token-cache "$WORK/maskvit/token_cache.pt"
+    MASKVIT=$(latest "$WORK/maskvit_nodrop")
 fi
 
 echo "== 4/5 export"

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from ..configs import Config
 from ..configs.cli import cli_entry, config_from_args, make_parser, setup_logging
 from ..configs.errors import UserError
+from ..configs.schema import MaskViTConfig
 from .data import make_datasets
 from .export import UnpackedPredictor
-from .masking import MVMObjective, background_tokens
+from .masking import MVMLoss, MVMObjective, background_tokens
 from .maskvit import MaskViT, MaskViTModelConfig
 from .prediction_eval import clip_batch, evaluate_predictions
 from .token_cache import TokenCache, file_digest, token_datasets
@@ -287,21 +288,10 @@ def _train(
     def train_step(step: int) -> dict[str, float]:
         model.train()
         batch = next(batches)
-        tokens = batch["tokens"].to(ctx.device, non_blocking=True)
-        actions = (
-            batch["actions"].to(ctx.device, non_blocking=True) if mcfg.action_conditioning != "none" else None
-        )
         lr = lr_at(step, mcfg.lr, mcfg.warmup_steps, mcfg.steps, mcfg.min_lr_ratio)
         set_lr(opt, lr)
         with autocast(mcfg.precision, ctx.device):
-            result = objective(
-                model,
-                tokens,
-                actions,
-                gen,
-                batch["start_pose"].to(ctx.device),
-                batch["objects"].to(ctx.device),
-            )
+            result = _objective_on(objective, model, batch, gen, mcfg, ctx.device)
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         if mcfg.grad_clip > 0:
@@ -357,6 +347,26 @@ def _train(
     return last
 
 
+def _objective_on(
+    objective: MVMObjective,
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    gen: torch.Generator,
+    mcfg: MaskViTConfig,
+    device: torch.device,
+) -> MVMLoss:
+    """The objective on one batch of token clips, moved to ``device`` (actions only when conditioned)."""
+    actions = batch["actions"].to(device, non_blocking=True) if mcfg.action_conditioning != "none" else None
+    return objective(
+        model,
+        batch["tokens"].to(device, non_blocking=True),
+        actions,
+        gen,
+        batch["start_pose"].to(device),
+        batch["objects"].to(device),
+    )
+
+
 @torch.no_grad()
 def _validate(
     model: MaskViT,
@@ -379,17 +389,8 @@ def _validate(
     for i, batch in enumerate(loader):
         if i >= mcfg.val_batches:
             break
-        tokens = batch["tokens"].to(ctx.device)
-        actions = batch["actions"].to(ctx.device) if mcfg.action_conditioning != "none" else None
         with autocast(mcfg.precision, ctx.device):
-            r = objective(
-                model,
-                tokens,
-                actions,
-                gen,
-                batch["start_pose"].to(ctx.device),
-                batch["objects"].to(ctx.device),
-            )
+            r = _objective_on(objective, model, batch, gen, mcfg, ctx.device)
         for key, value in (
             ("val_loss", r.loss.item()),
             ("val_accuracy", r.accuracy),

@@ -8,6 +8,8 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -188,6 +190,17 @@ def _run_seeds(
             report({"seed": seed, **episode.summary()}, episode.plan_times().tolist())
 
 
+_results: Any = None  # a worker's queue to mpc-eval, set when the worker starts
+
+
+def _start_worker(results: Any) -> None:
+    """Each worker's initializer: keep the results queue (a queue can only be handed over at process
+    start, which spares a separate manager process) and stop with mpc-eval if it is killed."""
+    global _results
+    _results = results
+    _exit_with_parent(os.getppid())
+
+
 def _worker(
     cfg: Config,
     predictor_spec: str,
@@ -195,14 +208,33 @@ def _worker(
     logs: Path | None,
     verbose: bool,
     threads: int,
-    queue: Any,
 ) -> None:
     import torch
 
     torch.set_num_threads(threads)  # the workers share the cores instead of each taking them all
     if not verbose:
         logging.getLogger("maskvit_mpc.mpc.loop").setLevel(logging.WARNING)
-    _run_seeds(cfg, predictor_spec, seeds, logs, verbose, lambda row, times: queue.put((row, times)))
+    _run_seeds(cfg, predictor_spec, seeds, logs, verbose, lambda row, times: _results.put((row, times)))
+
+
+def _exit_with_parent(parent_pid: int, period_s: float = 0.5, grace_s: float = 10.0) -> threading.Thread:
+    """Stop this worker once ``parent_pid`` (the mpc-eval process) is gone, killed or crashed, instead of
+    planning on as an orphan: the main thread gets SIGINT (a KeyboardInterrupt), so the episode stops and the
+    arm server closes as on Ctrl-C; a worker still alive ``grace_s`` later exits hard. Call it from the
+    main thread: it restores Python's SIGINT handler, which a shell ignores for a job started with ``&``."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:  # the kernel re-parents an orphan, so this changes
+            time.sleep(period_s)
+        log.warning("mpc-eval (pid %d) is gone: stopping this worker", parent_pid)
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal: it also wakes a blocking call
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="parent-watch")
+    thread.start()
+    return thread
 
 
 def _run_in_workers(
@@ -220,11 +252,12 @@ def _run_in_workers(
     threads = max(1, (os.cpu_count() or 1) // workers)
     chunks = [seeds[i::workers] for i in range(workers)]
     context = multiprocessing.get_context("spawn")  # no forked torch or ZeroMQ state
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        queue = manager.Queue()
+    queue = context.Queue()
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(queue,)
+    ) as pool:
         futures = [
-            pool.submit(_worker, cfg, predictor_spec, chunk, logs, verbose, threads, queue)
-            for chunk in chunks
+            pool.submit(_worker, cfg, predictor_spec, chunk, logs, verbose, threads) for chunk in chunks
         ]
         reported = 0
         while reported < len(seeds):

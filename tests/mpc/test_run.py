@@ -281,3 +281,65 @@ def test_eval_workers_pass_a_worker_error_on(tmp_path, capsys):
     argv = ["--task", "push", "--episodes", "2", "--predictor", str(bad), "--workers", "2", *TINY]
     assert evaluate.main(argv) == 2
     assert "(not a zip archive); export one with export-predictor" in capsys.readouterr().err
+
+
+# A process standing in for an mpc-eval worker: it watches its parent like the workers do, then waits
+# for work; ``ignore`` makes it swallow the interrupt, so only the hard exit can end it.
+_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+from maskvit_mpc.mpc.evaluate import _exit_with_parent
+marker, ignore = Path(sys.argv[1]), sys.argv[2] == "1"
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for mpc-eval started in the background (`cmd &`)
+_exit_with_parent(os.getppid(), period_s=0.05, grace_s=1.0)
+marker.write_text("ready")
+while True:
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        marker.write_text("interrupted")
+        if not ignore:
+            sys.exit(0)
+"""
+_PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            state = next(line for line in fh if line.startswith("State:"))
+    except FileNotFoundError:
+        return False
+    return " Z" not in state  # an orphan's zombie may wait for a reaper that never comes in a container
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["interrupted", "hard-exit"])
+def test_eval_worker_stops_when_mpc_eval_is_killed(tmp_path, ignore):
+    """A killed mpc-eval must not leave its workers planning (and their arm servers running) as orphans."""
+    marker = tmp_path / "worker.txt"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, _WORKER, str(marker), "1" if ignore else "0"], stdout=subprocess.PIPE
+    )
+    try:
+        worker = int(parent.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text() == "ready"):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+        assert _running(worker)
+        parent.kill()  # SIGKILL: no chance to clean up
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while _running(worker):
+            assert time.monotonic() < deadline, "the worker outlived mpc-eval"
+            time.sleep(0.05)
+        assert marker.read_text() == "interrupted"  # it was told to stop first, hard exit or not
+    finally:
+        parent.kill()
+        if "worker" in locals() and _running(worker):
+            os.kill(worker, signal.SIGKILL)

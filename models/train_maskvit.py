@@ -141,9 +141,12 @@ def train(
     config's schedule from step 0); ignored when the run resumes."""
     ctx = setup_distributed(cfg.maskvit.device)
     try:
-        return _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt", init_from)
-    finally:
-        ctx.close()
+        result = _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt", init_from)
+    except BaseException:
+        ctx.close(sync=False)
+        raise
+    ctx.close()
+    return result
 
 
 def _train(

@@ -141,9 +141,12 @@ def train(
     tcfg = cfg.tokenizer
     ctx = setup_distributed(tcfg.device)
     try:
-        return _train(cfg, data, out, resume, split, ctx)
-    finally:
-        ctx.close()
+        result = _train(cfg, data, out, resume, split, ctx)
+    except BaseException:
+        ctx.close(sync=False)
+        raise
+    ctx.close()
+    return result
 
 
 def _train(

@@ -95,8 +95,13 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
+        """Leave the process group. ``sync``: wait for every rank first, since a rank that tears gloo down
+        while another is still in a collective can abort (``terminate called without an active
+        exception``); pass False on an error path, where a peer may never arrive."""
         if self.distributed and dist.is_initialized():
+            if sync:
+                dist.barrier()
             dist.destroy_process_group()
 
 

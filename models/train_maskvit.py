@@ -139,14 +139,8 @@ def train(
     """Run the training; returns the last logged metrics (averaged over ranks). ``init_from``: a
     train-maskvit checkpoint whose weights a fresh run starts from (fine-tuning: new optimizer, the
     config's schedule from step 0); ignored when the run resumes."""
-    ctx = setup_distributed(cfg.maskvit.device)
-    try:
-        result = _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt", init_from)
-    except BaseException:
-        ctx.close(sync=False)
-        raise
-    ctx.close()
-    return result
+    with setup_distributed(cfg.maskvit.device) as ctx:
+        return _train(cfg, data, out, resume, ctx, token_cache or out / "token_cache.pt", init_from)
 
 
 def _train(

@@ -139,14 +139,8 @@ def train(
 ) -> dict[str, float]:
     """Run the training; returns the last logged metrics (averaged over ranks)."""
     tcfg = cfg.tokenizer
-    ctx = setup_distributed(tcfg.device)
-    try:
-        result = _train(cfg, data, out, resume, split, ctx)
-    except BaseException:
-        ctx.close(sync=False)
-        raise
-    ctx.close()
-    return result
+    with setup_distributed(tcfg.device) as ctx:
+        return _train(cfg, data, out, resume, split, ctx)
 
 
 def _train(

@@ -3,13 +3,12 @@ the metrics CSV and the training loop itself (:func:`run_loop`).
 
 A script is the same code on one CPU, one GPU or many under ``torchrun``::
 
-    ctx = setup_distributed("auto")            # reads RANK / WORLD_SIZE / LOCAL_RANK if torchrun set them
-    seed_everything(cfg.seed + ctx.rank)
-    model = wrap_ddp(model.to(ctx.device), ctx)
-    ...
-    save_checkpoint(path, models={"model": unwrap(model)}, optimizers={"opt": opt}, step=step,
-                    config=cfg.model_dump())
-    ctx.close()
+    with setup_distributed("auto") as ctx:     # reads RANK / WORLD_SIZE / LOCAL_RANK if torchrun set them
+        seed_everything(cfg.seed + ctx.rank)
+        model = wrap_ddp(model.to(ctx.device), ctx)
+        ...
+        save_checkpoint(path, models={"model": unwrap(model)}, optimizers={"opt": opt}, step=step,
+                        config=cfg.model_dump())
 
 Checkpoints are a dict of ``state_dict``s, plain numbers and plain config dicts only, so they load with
 ``torch.load(path, weights_only=True)`` (no pickled classes, nothing executed).
@@ -94,6 +93,12 @@ class DistContext:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(sync=exc_type is None)  # after an error a peer may never reach the barrier
 
     def close(self, sync: bool = True) -> None:
         """Leave the process group. ``sync``: wait for every rank first, since a rank that tears gloo down

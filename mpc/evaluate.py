@@ -9,7 +9,6 @@ import math
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ from ..configs.errors import UserError
 from ..configs.schema import Config
 from ..robot.client import ZmqArm
 from ..robot.launch import launch_sim_server
+from ..robot.server import watch_parent
 from ..robot.zmq_camera import ZmqCamera
 from .loop import EpisodeLog
 from .predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, load_predictor
@@ -217,24 +217,19 @@ def _worker(
     _run_seeds(cfg, predictor_spec, seeds, logs, verbose, lambda row, times: _results.put((row, times)))
 
 
-def _exit_with_parent(parent_pid: int, period_s: float = 0.5, grace_s: float = 10.0) -> threading.Thread:
+def _exit_with_parent(parent_pid: int, period_s: float = 0.5, grace_s: float = 10.0) -> None:
     """Stop this worker once ``parent_pid`` (the mpc-eval process) is gone, killed or crashed, instead of
     planning on as an orphan: the main thread gets SIGINT (a KeyboardInterrupt), so the episode stops and the
     arm server closes as on Ctrl-C; a worker still alive ``grace_s`` later exits hard. Call it from the
     main thread: it restores Python's SIGINT handler, which a shell ignores for a job started with ``&``."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def watch() -> None:
-        while os.getppid() == parent_pid:  # the kernel re-parents an orphan, so this changes
-            time.sleep(period_s)
-        log.warning("mpc-eval (pid %d) is gone: stopping this worker", parent_pid)
+    def stop() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # a real signal: it also wakes a blocking call
         time.sleep(grace_s)
         os._exit(1)
 
-    thread = threading.Thread(target=watch, daemon=True, name="parent-watch")
-    thread.start()
-    return thread
+    watch_parent(parent_pid, stop, period_s)
 
 
 def _run_in_workers(

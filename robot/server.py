@@ -493,12 +493,17 @@ def _parser() -> Any:
     return parser
 
 
-def _exit_with_parent(parent_pid: int, stop: threading.Event, period_s: float = 0.25) -> None:
-    # Once the parent dies, the kernel re-parents this process, so getppid() changes.
-    while not stop.wait(period_s):
-        if os.getppid() != parent_pid:
-            log.warning("parent process %d is gone: shutting down", parent_pid)
-            stop.set()
+def watch_parent(parent_pid: int, on_gone: Callable[[], None], period_s: float = 0.25) -> None:
+    """Call ``on_gone`` (in a daemon thread) once the process ``parent_pid`` is gone, killed or crashed:
+    a launched process that should not outlive its launcher."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:  # the kernel re-parents an orphan, so this changes
+            time.sleep(period_s)
+        log.warning("parent process %d is gone: shutting down", parent_pid)
+        on_gone()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 @cli_entry
@@ -535,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.parent_pid is not None:
-        threading.Thread(target=_exit_with_parent, args=(args.parent_pid, stop), daemon=True).start()
+        watch_parent(args.parent_pid, stop.set)
     try:
         endpoints = server.start()
         print(

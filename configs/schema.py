@@ -218,6 +218,10 @@ class CollectConfig(_Strict):
     gripper_toggle_prob: float = Field(0.08, ge=0, le=1)  # chance per step of an open/close event
     object_bias: float = Field(0.5, ge=0, le=1)  # episodes that push an object (sim: ~55% move one > 2 cm)
     approach_gain: float = Field(0.8, gt=0, le=1)  # share of the remaining distance covered per step
+    # Pushes per pushing episode: after a push the policy may approach an object again (another, or the
+    # same from a new side). Contact is what a push-task model learns least of: each push adds ~10
+    # contact-rich steps to an episode that would otherwise explore at random.
+    pushes_per_episode: int = Field(1, ge=1, le=100)
     # Gripper (tool centre point) height while pushing: the push task's (robot/sim/tasks.PUSH_HEIGHT_M).
     # At 3 cm (the old default) the data's pushes grazed only the tallest objects, from a height the
     # planner never pushes at.

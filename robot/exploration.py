@@ -4,7 +4,8 @@ Actions are time-correlated random 5-D deltas (an AR(1) process per axis, so the
 rather than jitters), kept inside the workspace by reflecting the noise at its edges, with random
 gripper open/close events. Pushes are rare under pure noise, so in a configurable share of
 episodes the policy first approaches a point just behind a known object (sim: positions from
-``ArmState.info``), pushes through it along a random direction, and then explores randomly again.
+``ArmState.info``), pushes through it along a random direction, and then explores randomly again, or, with
+``pushes_per_episode`` above 1, approaches an object for the next push.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ExplorationPolicy:
         self._direction = np.zeros(2)
         self._push_goal = np.zeros(3)
         self._phase_steps = 0
+        self._pushes_left = 0
 
     def reset(self, pose: np.ndarray, objects: Objects | None = None) -> None:
         """Start an episode at ``pose``; with ``objects`` known, maybe plan a push (``cfg.object_bias``)."""
@@ -61,12 +63,19 @@ class ExplorationPolicy:
         self._gripper = float(np.sign(pose[4]) or -1.0)
         self._phase_steps = 0
         self.mode, self._phase, self._target_name = "random", "explore", None
+        self._pushes_left = 0
         if objects and self.rng.random() < self.cfg.object_bias:
-            names = sorted(objects)
-            self._target_name = names[int(self.rng.integers(len(names)))]
-            angle = self.rng.uniform(-np.pi, np.pi)
-            self._direction = np.array([np.cos(angle), np.sin(angle)])
-            self.mode, self._phase = "push", "approach"
+            self.mode, self._pushes_left = "push", self.cfg.pushes_per_episode
+            self._start_push(objects)
+
+    def _start_push(self, objects: Objects) -> None:
+        """Pick an object and a direction at random and start approaching the point behind it."""
+        names = sorted(objects)
+        self._target_name = names[int(self.rng.integers(len(names)))]
+        angle = self.rng.uniform(-np.pi, np.pi)
+        self._direction = np.array([np.cos(angle), np.sin(angle)])
+        self._phase, self._phase_steps = "approach", 0
+        self._pushes_left -= 1
 
     def _correlated_noise(self) -> np.ndarray:
         rho = self.cfg.noise_correlation
@@ -111,6 +120,8 @@ class ExplorationPolicy:
             action[3] = 0.3 * noise[3]
             if np.linalg.norm(self._push_goal[:2] - pose[:2]) < 0.02 or self._phase_steps > 12:
                 self._phase = "explore"
+                if objects and self._pushes_left > 0:
+                    self._start_push(objects)
             action[4] = self._gripper_event()
         else:
             action[:4] = noise

@@ -345,6 +345,33 @@ def test_policy_object_bias_pushes_objects() -> None:
     assert moved_share(0.0) < 0.3
 
 
+def test_policy_pushes_again_within_an_episode() -> None:
+    """pushes_per_episode > 1: after a push the policy approaches again, and pushes more in all."""
+
+    def pushes(n: int) -> tuple[int, float]:
+        cfg = CollectConfig(object_bias=1.0, pushes_per_episode=n)
+        starts, travel = 0, 0.0
+        for seed in range(20):
+            arm = FakeArm(SafetyConfig())
+            state = arm.reset_episode()
+            policy = ExplorationPolicy(cfg, SafetyConfig(), np.random.default_rng(seed))
+            policy.reset(state.pose, {"box": arm.obj.copy()})
+            phase = policy._phase
+            for _ in range(60):
+                before = arm.obj.copy()
+                state = arm.send_action(policy.act(state.pose, {"box": arm.obj.copy()})).state
+                travel += float(np.linalg.norm(arm.obj - before))
+                starts += phase != "push" and policy._phase == "push"
+                phase = policy._phase
+        return starts, travel
+
+    one, travel_one = pushes(1)
+    three, travel_three = pushes(3)
+    assert one <= 20  # at most one push per episode
+    assert three > 1.8 * one
+    assert travel_three > 1.2 * travel_one  # the object is pushed further in all
+
+
 def test_policy_pushes_at_the_push_tasks_height() -> None:
     """Exploration pushes where the planner pushes: at the push task's gripper height, not above it."""
     from maskvit_mpc.robot.sim.tasks import PUSH_HEIGHT_M

@@ -152,7 +152,8 @@ def cem(
 ) -> PlanResult:
     """Cross-entropy method: sample around a Gaussian, refit it on the elites, repeat.
 
-    Returns the best sequence scored in any iteration.
+    Returns the best sequence scored in any iteration (``cfg.cem_return`` "best") or the final elites'
+    mean, scored once more ("mean").
     """
     mean, std = _prepare(horizon, bounds, cfg, init_mean)
     min_std = np.asarray(cfg.init_std) * cfg.min_std_fraction
@@ -170,14 +171,28 @@ def cem(
         iter_mean.append(costs[order[:n_elite]].mean())
         mean = cfg.momentum * mean + (1.0 - cfg.momentum) * elites.mean(axis=0)
         std = np.maximum(elites.std(axis=0), min_std)
+    evaluated = cfg.iterations * cfg.samples
+    if cfg.cem_return == "mean":
+        best_actions, best_cost = _score_mean(cost_fn, mean, bounds, cfg, project)
+        evaluated += 1
     return PlanResult(
         actions=best_actions,
         cost=best_cost,
         iteration_costs=np.asarray(iter_best),
         iteration_mean_costs=np.asarray(iter_mean),
         mean=mean,
-        num_evaluated=cfg.iterations * cfg.samples,
+        num_evaluated=evaluated,
     )
+
+
+def _score_mean(
+    cost_fn: CostFn, mean: np.ndarray, bounds: ActionBounds, cfg: PlannerConfig, project: Projection | None
+) -> tuple[np.ndarray, float]:
+    """The sampling mean as an executable sequence (bounds, gripper, projection) and its cost."""
+    plan = finalize_actions(mean.copy(), bounds, cfg.gripper == "discrete")
+    if project is not None:
+        plan = project(plan[None])[0]
+    return plan, float(_evaluate(cost_fn, plan[None])[0])
 
 
 def mppi(
@@ -196,7 +211,6 @@ def mppi(
     final mean, scored once more.
     """
     mean, std = _prepare(horizon, bounds, cfg, init_mean)
-    discrete = cfg.gripper == "discrete"
     iter_best, iter_mean = [], []
     for _ in range(cfg.iterations):
         samples = _sample(rng, mean, std, cfg.samples, bounds, cfg, project)
@@ -212,10 +226,7 @@ def mppi(
         iter_best.append(costs.min())
         iter_mean.append(costs[finite].mean())
         mean = cfg.momentum * mean + (1.0 - cfg.momentum) * np.tensordot(weights, samples, axes=1)
-    plan = finalize_actions(mean.copy(), bounds, discrete)
-    if project is not None:
-        plan = project(plan[None])[0]
-    final_cost = float(_evaluate(cost_fn, plan[None])[0])
+    plan, final_cost = _score_mean(cost_fn, mean, bounds, cfg, project)
     return PlanResult(
         actions=plan,
         cost=final_cost,

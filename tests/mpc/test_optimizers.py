@@ -62,6 +62,50 @@ def test_cem_is_reproducible_from_the_seed():
     np.testing.assert_array_equal(a.actions, b.actions)
 
 
+def test_cem_mean_return_is_the_scored_final_mean():
+    target = _target(np.random.default_rng(5))
+    scored = []
+
+    def cost(actions: np.ndarray) -> np.ndarray:
+        scored.append(actions.copy())
+        return _quadratic(target)(actions)
+
+    cfg = PlannerConfig(samples=40, iterations=3, cem_return="mean")
+    result = cem(cost, HORIZON, BOUNDS, cfg, np.random.default_rng(0))
+    assert result.num_evaluated == 121 and len(scored) == 4 and scored[-1].shape == (1, HORIZON, 5)
+    np.testing.assert_array_equal(result.actions, scored[-1][0])  # what is returned is what was scored last
+    np.testing.assert_allclose(result.actions[:, :4], result.mean[:, :4])  # the final mean, inside the bounds
+    assert result.cost == pytest.approx(_quadratic(target)(result.actions[None])[0])
+
+
+def test_cem_mean_return_resists_a_noisy_cost():
+    """With noise on every score, CEM's best sample is the luckiest draw; the elites' mean is closer to
+    the true minimum (the optimizer's curse a learned predictor's errors bring to the planner)."""
+    target = _target(np.random.default_rng(6), horizon=3)
+    true_cost = _quadratic(target)
+    start = true_cost(np.zeros((1, 3, 5)))[0]
+
+    def true_cost_of_plan(cem_return: str, seed: int) -> float:
+        noise = np.random.default_rng(100 + seed)
+
+        def noisy(actions: np.ndarray) -> np.ndarray:
+            return true_cost(actions) + 0.3 * start * noise.standard_normal(len(actions))
+
+        cfg = PlannerConfig(
+            samples=60,
+            iterations=3,
+            gripper="continuous",
+            noise_beta=0.0,
+            init_std=ALL_DIMS,
+            cem_return=cem_return,
+        )
+        return float(true_cost(cem(noisy, 3, BOUNDS, cfg, np.random.default_rng(seed)).actions[None])[0])
+
+    best = np.mean([true_cost_of_plan("best", s) for s in range(20)])
+    mean = np.mean([true_cost_of_plan("mean", s) for s in range(20)])
+    assert mean < 0.9 * best, (mean, best)
+
+
 def test_mppi_converges_on_a_quadratic():
     # MPPI keeps its sampling std, so it settles within the noise level rather than exactly.
     rng = np.random.default_rng(3)

@@ -541,9 +541,15 @@ def build_predictor_module(
         action_conditioning=maskvit.config.action_conditioning,
         pose_conditioning=maskvit.config.pose_conditioning,
         checkpoints={
-            "tokenizer": {"path": str(tok_path), "sha256": tok_sha, "step": int(tok_data.get("step", 0))},
+            # file names, not paths: an export is shared, the directory it was made in is not (the
+            # digests identify the files)
+            "tokenizer": {
+                "path": Path(tok_path).name,
+                "sha256": tok_sha,
+                "step": int(tok_data.get("step", 0)),
+            },
             "maskvit": {
-                "path": str(mv_path),
+                "path": Path(mv_path).name,
                 "sha256": _file_digest(mv_path),
                 "step": int(mv_data.get("step", 0)),
             },
@@ -552,12 +558,12 @@ def build_predictor_module(
         training={
             "tokenizer": {
                 "model_config": tok_data["extra"]["model_config"],
-                "config": tok_data.get("config", {}),
+                "config": _without_local_paths(tok_data.get("config", {})),
                 "step": int(tok_data.get("step", 0)),
             },
             "maskvit": {
                 "model_config": mv_data["extra"]["model_config"],
-                "config": mv_data.get("config", {}),
+                "config": _without_local_paths(mv_data.get("config", {})),
                 "step": int(mv_data.get("step", 0)),
                 "background": mv_data["extra"].get("background"),
             },
@@ -565,6 +571,18 @@ def build_predictor_module(
     )
     module.metadata_json = meta.to_json()
     return module
+
+
+def _without_local_paths(config: dict) -> dict:
+    """A training config to embed in an export, with its file and folder paths cut to their names."""
+    out = copy.deepcopy(config)
+    data = out.get("data")
+    if isinstance(data, dict) and isinstance(data.get("folders"), list):
+        data["folders"] = [Path(str(f)).name for f in data["folders"]]
+    for section in out.values():
+        if isinstance(section, dict) and isinstance(section.get("tokenizer_checkpoint"), str):
+            section["tokenizer_checkpoint"] = Path(section["tokenizer_checkpoint"]).name
+    return out
 
 
 def script_predictor(module: PredictorModule) -> torch.jit.ScriptModule:

@@ -125,7 +125,8 @@ class VisualMPCPolicy:
             extra = dict(pose_arg) if past is None else {**pose_arg, "context_actions": past}
             predicted = self.predictor.predict(context, result.actions[None].astype(np.float32), **extra)[0]
             timers["predict"] += time.perf_counter() - t0
-        # CEM's best sample, not its mean, is the warm start: it is the plan actually followed.
+        # The plan the optimiser returns (CEM's best sample, or its elites' mean with cem_return=mean) is
+        # the warm start: it is the plan actually followed.
         self._previous = result.actions
         return PlanStep(
             result=result,

@@ -7,7 +7,8 @@ renders (the oracle). Reported per predictor: the Spearman rank correlation of t
 regret of choosing by the predictor: the true cost of its top-5 sequences against the true top 5,
 as a share of the spread between the true best and the median. Like the planner
 (``planner.feasible_plans``), the sequences are first limited by the arm's workspace from the scene's
-start pose; ``--raw-plans`` scores them as drawn. A predictor the planner can use ranks
+start pose; ``--raw-plans`` scores them as drawn; ``--ensemble`` adds a row that ranks by the mean
+of the listed predictors' costs. A predictor the planner can use ranks
 well (correlation near 1, small regret); copy-last ranks every sequence the same.
 
     python benchmarks/bench_cost_ranking.py --predictors maskvit copy-last --scenes 8
@@ -83,6 +84,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--raw-plans", action="store_true", help="do not limit the plans to the workspace")
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also rank by the mean of the listed predictors' costs (an ensemble of models)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config("default", args.overrides)
@@ -91,6 +97,9 @@ def main() -> None:
     task = make_task(cfg.task)
     predictors = {name: load_predictor(name, cfg) for name in args.predictors}
     results: dict[str, list[tuple[float, float, int, float, int]]] = {name: [] for name in predictors}
+    ensemble_name = "mean cost of " + " + ".join(predictors)
+    if args.ensemble:
+        results[ensemble_name] = []
     best_dist, median_dist, true_lost = [], [], 0
     limiter = None if args.raw_plans else ActionLimiter(cfg.safety)
     rng = np.random.default_rng(0)
@@ -128,12 +137,14 @@ def main() -> None:
         context = np.repeat(now[None, None], cfg.mpc.context_frames, axis=1).repeat(len(plans), axis=0)
         best_true = np.sort(true_cost)[:5].mean()
         spread = max(1e-12, float(np.median(true_cost) - best_true))
+        scene_costs = []
         for name, predictor in predictors.items():
             if predictor.needs_sim_state:
                 predictor.set_sim_state(episode.initial_state)
             pose = {"pose": start_pose} if predictor.needs_pose else {}  # the arm's pose before the plans
             predicted = predictor.predict(context, plans, frame_indices=scored, **pose)
             model_cost = cost(predicted)
+            scene_costs.append(model_cost)
             rho = spearman(model_cost, true_cost)
             chosen = np.argsort(model_cost, kind="stable")[:5]
             regret = (true_cost[chosen].mean() - best_true) / spread
@@ -143,6 +154,13 @@ def main() -> None:
             lost = int((~object_shown(predicted[:, -1], colour)).sum())
             # the task's own measure: how far from its goal the object ends after the chosen plans
             results[name].append((rho, float(regret), erased, float(true_dist[chosen].mean()), lost))
+        if args.ensemble:  # no frames of its own: the frame counts are not defined for it
+            mean_cost = np.mean(scene_costs, axis=0)
+            chosen = np.argsort(mean_cost, kind="stable")[:5]
+            regret = (true_cost[chosen].mean() - best_true) / spread
+            results[ensemble_name].append(
+                (spearman(mean_cost, true_cost), float(regret), 0, float(true_dist[chosen].mean()), 0)
+            )
         print(f"scene {args.seed + i}: " + ", ".join(f"{n} rho {r[-1][0]:.2f} regret {r[-1][1]:.2f}" for n, r in results.items()),
               file=sys.stderr, flush=True)  # fmt: skip
     sim.close()

@@ -12,8 +12,7 @@ trajectory itself is saved as one more episode. Train on the folder beside the e
 (``train-maskvit --data EXPLORATION BRANCHES --set data.weights=[...]``), like the DAgger idea for
 policies: the model learns the outcome of the plans it gets wrong.
 
-Restoring the state is what a simulator offers and a real arm does not; on a real arm, the planner's
-trajectories (``mpc-run`` logs) are the on-policy part of this data.
+Restoring the state is what a simulator offers and a real arm does not: this is simulation only.
 
 Folder layout: one ``episode_NNNNNN.h5`` per branch or trajectory (the collector's format, so that
 every tool that reads collections reads it), numbered ``scene * 1000 + k``; ``k = 0`` is the scene's
@@ -323,7 +322,12 @@ def _remove_incomplete(out: Path, done: set[int]) -> int:
 def _parser():
     parser = make_parser(
         "collect-plan-branches",
-        "Simulation only: fine-tuning data from the planner's choices (see the module docs).",
+        "Simulation only: run the planner with a learned predictor on seeded tasks and, at every planning "
+        "step, restore the simulator's state and play out the sequences the predictor ranked best, the "
+        "executed plan and a few random ones. Each becomes a short episode (the planner's two context "
+        "frames, then what really follows): fine-tuning data on the model's own planning mistakes. The "
+        "planner's trajectory is saved too. Episodes are numbered scene * 1000 + k (k = 0: the trajectory, "
+        "written last).",
         EXAMPLES,
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="episode folder")
@@ -334,7 +338,7 @@ def _parser():
         "--predictor",
         default=DEFAULT_PREDICTOR,
         metavar="NAME_OR_PATH",
-        help=f"the predictor the planner uses (default: {DEFAULT_PREDICTOR}, the shipped model)",
+        help=f"the predictor the planner uses ({DEFAULT_PREDICTOR}: the shipped model, or a file)",
     )
     parser.add_argument("--top", type=int, default=4, help="best-ranked sequences played out per step")
     parser.add_argument("--first-top", type=int, default=2, help="best of the first CEM iteration, per step")

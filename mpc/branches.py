@@ -39,7 +39,7 @@ from ..configs.cli import cli_entry, config_from_args, make_parser, setup_loggin
 from ..configs.errors import UserError
 from ..configs.schema import Config
 from ..robot import episodes as ep_io
-from .predictors import DEFAULT_PREDICTOR, Predictor, load_predictor
+from .predictors import DEFAULT_PREDICTOR, load_predictor
 from .session import make_policy
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ EXAMPLES = """
   collect-plan-branches --out data/br --scenes 4 --predictor runs/exports/step_2000.ts --top 6 --random 2
 
 Then fine-tune on it beside the exploration data, e.g.
-  train-maskvit --config maskvit_cpu --data data/sim-push data/plan-branches --set 'data.weights=[1,1]' \\
-      --init-from maskvit --out runs/ft-branches --steps 1500
+  train-maskvit --config maskvit_cpu --data data/sim-push data/plan-branches --init-from maskvit \\
+      --out runs/ft-branches --steps 1500          # the two folders are mixed half and half
 
 Scenes use seeds S, S+1, ... (--seed, default 300000): keep them apart from the seeds you evaluate on.
 """
@@ -68,45 +68,25 @@ class BranchSettings:
     stop_on_success: bool = True
 
 
-class _Recorder:
-    """Remembers every sequence the planner scores (via the predictor) and its cost (via the cost)."""
+class _Scored:
+    """Every sequence the planner scores and its cost, batch by batch (``VisualMPCPolicy.on_scored``)."""
 
     def __init__(self) -> None:
         self.batches: list[np.ndarray] = []
         self.costs: list[np.ndarray] = []
+
+    def __call__(self, actions: np.ndarray, costs: np.ndarray) -> None:
+        self.batches.append(np.array(actions, dtype=np.float64))
+        self.costs.append(np.array(costs, dtype=np.float64))
 
     def clear(self) -> None:
         self.batches.clear()
         self.costs.clear()
 
 
-class _RecordingPredictor(Predictor):
-    def __init__(self, inner: Predictor, recorder: _Recorder) -> None:
-        self.inner = inner
-        self.recorder = recorder
-        self.name = inner.name
-        self.needs_pose = inner.needs_pose
-        self.needs_sim_state = inner.needs_sim_state
-
-    def predict(self, context_frames, actions, frame_indices=None, context_actions=None, **kwargs):
-        self.recorder.batches.append(np.array(actions, dtype=np.float64))
-        return self.inner.predict(context_frames, actions, frame_indices, context_actions, **kwargs)
-
-    def set_sim_state(self, state: bytes) -> None:
-        self.inner.set_sim_state(state)
-
-
-class _RecordingCost:
-    def __init__(self, inner: Any, recorder: _Recorder) -> None:
-        self.inner = inner
-        self.recorder = recorder
-        self.frame_indices = inner.frame_indices
-        self.goal_image = inner.goal_image
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        costs = self.inner(frames)
-        self.recorder.costs.append(np.asarray(costs, dtype=np.float64))
-        return costs
+def _clipped(commanded: np.ndarray, applied: np.ndarray) -> bool:
+    """Whether the arm changed the command (the arm server's tolerance: float rounding is not clipping)."""
+    return not np.allclose(applied, commanded, rtol=0.0, atol=1e-9)
 
 
 def choose_branches(
@@ -162,22 +142,18 @@ class _SceneRunner:
         self.sim = TabletopSim(cfg.sim, cfg.safety)
         self.task = make_task(cfg.task)
         self.predictor = load_predictor(predictor_spec, cfg)
-        self.recorder = _Recorder()
+        self.scored = _Scored()
 
     def close(self) -> None:
         self.predictor.close()
         self.sim.close()
 
-    def _observe(self, recorder: ep_io.EpisodeRecorder) -> None:
+    def _snapshot(self) -> tuple[Any, ...]:
+        """The simulator's frame and state now, as :meth:`EpisodeRecorder.add_observation` takes them."""
         sim = self.sim
         positions = sim.object_positions()
-        recorder.add_observation(
-            sim.render(),
-            sim.ee_pose(),
-            sim.time,
-            np.stack([positions[n] for n in sim.object_names]) if sim.object_names else None,
-            sim.render_segmentation(),
-        )
+        objects = np.stack([positions[n] for n in sim.object_names]) if sim.object_names else None
+        return sim.render(), sim.ee_pose(), sim.time, objects, sim.render_segmentation()
 
     def _meta(self, seed: int, policy: str, extra: dict[str, Any]) -> ep_io.EpisodeMetadata:
         size = self.sim.image_size
@@ -202,34 +178,33 @@ class _SceneRunner:
         sim.set_state(drawn.initial_state)
         names = tuple(sim.object_names)
         policy = make_policy(
-            self.predictor, drawn.goal_image, cfg, seed, current_gripper=float(sim.ee_pose()[-1])
+            self.predictor,
+            drawn.goal_image,
+            cfg,
+            seed,
+            current_gripper=float(sim.ee_pose()[-1]),
+            predict_best=False,
+            on_scored=self.scored,
         )
-        policy.predictor = _RecordingPredictor(self.predictor, self.recorder)
-        policy.cost = _RecordingCost(policy.cost, self.recorder)
-        policy.predict_best = False
-        policy.reset()
         rng = np.random.default_rng([seed, 7])
         trajectory = ep_io.EpisodeRecorder(
             self._meta(seed, f"mpc:{predictor_name}", {"kind": "trajectory"}), object_names=names
         )
         trajectory.initial_sim_state = drawn.initial_state
         # The loop's first context repeats the first frame ("standing still"): record that as a hold.
-        state = sim.get_state()
-        hold = np.zeros(5)
-        hold[-1] = sim.ee_pose()[-1]
-        frames = [sim.render()]
+        prev_action = np.zeros(5)
+        prev_action[-1] = sim.ee_pose()[-1]
+        state = prev_state = sim.get_state()
+        now = prev = self._snapshot()
+        trajectory.add_observation(*now)
         context_actions: np.ndarray | None = None
-        self._observe(trajectory)
-        prev_state, prev_action = state, hold
         max_steps = settings.max_steps or cfg.mpc.max_steps
         written, success, step = 0, False, 0
         for step in range(max_steps):
-            state = sim.get_state()
-            context = np.stack([frames[-2] if len(frames) > 1 else frames[-1], frames[-1]])
-            self.recorder.clear()
-            plan = policy.plan(context, context_actions, sim.ee_pose())
+            self.scored.clear()
+            plan = policy.plan(np.stack([prev[0], now[0]]), context_actions, now[1])
             chosen = choose_branches(
-                self.recorder.batches, self.recorder.costs, plan.result.actions, settings, rng
+                self.scored.batches, self.scored.costs, plan.result.actions, settings, rng
             )
             for k, (reason, seq) in enumerate(chosen):
                 branch = ep_io.EpisodeRecorder(
@@ -242,15 +217,14 @@ class _SceneRunner:
                 )
                 branch.initial_sim_state = prev_state  # replaying ``applied`` from it gives the frames
                 # the context: the previous frame, the action from it, then the present
-                sim.set_state(prev_state)
-                self._observe(branch)
+                branch.add_observation(*prev)
+                branch.add_action(prev_action, prev_action, False, now[2])
+                branch.add_observation(*now)
                 sim.set_state(state)
-                branch.add_action(prev_action, prev_action, False, sim.time)
-                self._observe(branch)
                 for a in seq:
                     applied = sim.step(a)
-                    branch.add_action(a, applied, bool(np.any(np.abs(applied - a) > 1e-9)), sim.time)
-                    self._observe(branch)
+                    branch.add_action(a, applied, _clipped(a, applied), sim.time)
+                    branch.add_observation(*self._snapshot())
                 index = scene * SCENE_STRIDE + 1 + written
                 ep_io.write_episode(out / ep_io.episode_filename(index), branch.to_episode())
                 written += 1
@@ -258,11 +232,11 @@ class _SceneRunner:
             sim.set_state(state)
             action = np.asarray(plan.action, dtype=np.float64)
             applied = sim.step(action)
-            trajectory.add_action(action, applied, bool(np.any(np.abs(applied - action) > 1e-9)), sim.time)
-            self._observe(trajectory)
-            frames.append(sim.render())
+            trajectory.add_action(action, applied, _clipped(action, applied), sim.time)
+            prev, now = now, self._snapshot()
+            trajectory.add_observation(*now)
             context_actions = applied[None].astype(np.float32)
-            prev_state, prev_action = state, applied
+            prev_state, prev_action, state = state, applied, sim.get_state()
             success = self.task.success(sim, drawn)
             if success and settings.stop_on_success:
                 break
@@ -365,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictor == "random":
         raise UserError("--predictor random has no planner to branch from; name a predictor")
     cfg = config_from_args(args, [f"task.name={args.task}"] if args.task else [])
+    if cfg.mpc.context_frames != 2:
+        raise UserError(
+            f"branches record two context frames (the previous and the present), but mpc.context_frames "
+            f"is {cfg.mpc.context_frames}"
+        )
     if not args.verbose:
         logging.getLogger("maskvit_mpc.mpc.loop").setLevel(logging.WARNING)
     out: Path = args.out

@@ -4,6 +4,7 @@ random baseline. Both return a :class:`PlanStep`; the loop executes its first ac
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,7 @@ class VisualMPCPolicy:
         predict_best: bool = True,
         current_gripper: float | None = None,
         limiter: ActionLimiter | None = None,
+        on_scored: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
         self.predictor = predictor
         self.cfg = planner_cfg
@@ -61,6 +63,8 @@ class VisualMPCPolicy:
         self.current_gripper = current_gripper
         # The arm's own limits: with the arm's pose, samples become the sequences it will really execute.
         self.limiter = limiter if planner_cfg.feasible_plans else None
+        # Sees every batch the optimiser scores: (N, horizon, 5) sequences and their (N,) costs.
+        self.on_scored = on_scored
         self._previous: np.ndarray | None = None
 
     @property
@@ -101,6 +105,8 @@ class VisualMPCPolicy:
             costs = self.cost(frames)
             timers["predict"] += t1 - t0
             timers["cost"] += time.perf_counter() - t1
+            if self.on_scored is not None:
+                self.on_scored(actions, costs)
             return costs
 
         if self.cfg.warm_start and self._previous is not None:

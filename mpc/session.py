@@ -80,8 +80,10 @@ def make_policy(
     cfg: Config,
     seed: int,
     current_gripper: float | None = None,
+    **visual_mpc: Any,
 ) -> Policy:
-    """Visual MPC around ``predictor``, or the random baseline when ``predictor`` is None."""
+    """Visual MPC around ``predictor``, or the random baseline when ``predictor`` is None;
+    ``visual_mpc`` goes to :class:`VisualMPCPolicy` (``predict_best``, ``on_scored``)."""
     bounds = ActionBounds.from_safety(cfg.safety)
     rng = np.random.default_rng(cfg.planner.seed if cfg.planner.seed is not None else seed)
     if predictor is None:
@@ -95,6 +97,7 @@ def make_policy(
         rng,
         current_gripper=current_gripper,
         limiter=ActionLimiter(cfg.safety),
+        **visual_mpc,
     )
 
 

@@ -139,3 +139,7 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert "--scenes" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "c"), "--top", "-1"]) == 2
     assert "--top" in capsys.readouterr().err
+    assert (
+        main(["--out", str(tmp_path / "d"), "--predictor", "copy-last", "--set", "mpc.context_frames=3"]) == 2
+    )
+    assert "two context frames" in capsys.readouterr().err

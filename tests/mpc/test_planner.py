@@ -127,3 +127,32 @@ def test_limit_plans_matches_stepwise_limit():
                 np.testing.assert_allclose(batch[n, t], applied, atol=1e-12)
                 at[:4] += applied[:4]
         assert not np.allclose(batch, plans)  # the random plans do get limited
+
+
+def test_on_scored_sees_every_scored_batch_with_its_costs():
+    world = SquareWorld([6.0, 6.0])
+    goal = _draw(np.array([24.0, 20.0]))
+    cfg = PlannerConfig(horizon=4, samples=20, iterations=3, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
+    cost_cfg = CostConfig(blur_sigma_px=3.0, frames="last")
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    policy = VisualMPCPolicy(
+        world,
+        goal,
+        cfg,
+        cost_cfg,
+        ActionBounds.from_safety(SafetyConfig()),
+        np.random.default_rng(0),
+        current_gripper=1.0,
+        predict_best=False,
+        on_scored=lambda actions, costs: seen.append((actions.copy(), np.asarray(costs).copy())),
+    )
+    step = policy.plan(_draw(world.xy)[None])
+    assert [len(a) for a, _ in seen] == [20, 20, 20] and step.result.num_evaluated == 60
+    # the costs handed over are those of the sequences handed over, and the best is the plan
+    for actions, costs in seen:
+        np.testing.assert_allclose(
+            costs, policy.cost(world.predict(np.zeros((len(actions), 1, 32, 32, 3), np.uint8), actions, [3]))
+        )
+    all_actions = np.concatenate([a for a, _ in seen])
+    all_costs = np.concatenate([c for _, c in seen])
+    np.testing.assert_array_equal(step.result.actions, all_actions[np.argmin(all_costs)])

@@ -3,10 +3,10 @@
 MaskViT's tokenizer is frozen, so encoding the same frames again at every step wastes most of a CPU's
 training time (encoding a batch of 32 clips of 12 frames costs more than the transformer's step). The
 cache maps each episode file to its codes ``(num_frames, h, w)`` and its actions, is written beside the
-run's checkpoints, and is keyed by a hash of the tokenizer checkpoint: a different tokenizer never reuses
+run's checkpoints, and is keyed by a hash of the tokenizer's weights: a different tokenizer never reuses
 stale codes, and episodes recorded after the cache was made are encoded on the next start.
 
-    cache = TokenCache.load_or_build(out / "token_cache.pt", tokenizer, tokenizer_id, episodes)
+    cache = TokenCache.load_or_build(out / "token_cache.pt", tokenizer, weights_digest(tokenizer), episodes)
     train = TokenClips(episode_clips, cache)   # items: tokens (T, h, w) long, actions (T-1, 5) float32
 """
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .data import EpisodeClips, RecordedEpisode, RoboNetEpisode, resize_frames, sum_actions
 from .tokenizer import VQModel
 
-__all__ = ["TokenCache", "TokenClips", "file_digest", "token_datasets"]
+__all__ = ["TokenCache", "TokenClips", "file_digest", "token_datasets", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,20 @@ def file_digest(path: str | Path) -> str:
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a network's parameters and buffers (names, dtypes, shapes and values).
+
+    The token cache is keyed by it rather than by the checkpoint file's bytes: a tokenizer unpacked
+    again from an export, or saved with other metadata, encodes the same codes and reuses the cache.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -36,7 +36,7 @@ from .export import UnpackedPredictor
 from .masking import MVMLoss, MVMObjective, background_tokens
 from .maskvit import MaskViT, MaskViTModelConfig
 from .prediction_eval import clip_batch, evaluate_predictions
-from .token_cache import TokenCache, file_digest, token_datasets
+from .token_cache import TokenCache, file_digest, token_datasets, weights_digest
 from .tokenizer import VQModel, tokenizer_from_checkpoint
 from .training import (
     DistContext,
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="where the episodes' codes are cached (default OUT/token_cache.pt); runs over the same "
-        "tokenizer can share one file: it is keyed by the tokenizer's hash",
+        "tokenizer can share one file: it is keyed by a hash of the tokenizer's weights",
     )
     return p
 
@@ -182,10 +182,11 @@ def _train(
     # every frame is encoded once (rank 0 writes the cache, the others read it)
     episodes = [e for part in (*clips.train.datasets, *clips.val.datasets) for e in part.episodes]
     tokenizer_id = file_digest(tok_path)
-    cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes) if ctx.is_main else None
+    codes_id = weights_digest(tokenizer)  # the same weights saved again still reuse the cache
+    cache = TokenCache.load_or_build(cache_path, tokenizer, codes_id, episodes) if ctx.is_main else None
     ctx.barrier()
     if cache is None:
-        cache = TokenCache.load_or_build(cache_path, tokenizer, tokenizer_id, episodes, progress=False)
+        cache = TokenCache.load_or_build(cache_path, tokenizer, codes_id, episodes, progress=False)
     train_tokens = token_datasets(clips.train, cache)
     val_tokens = token_datasets(clips.val, cache)
 

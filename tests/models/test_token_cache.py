@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from maskvit_mpc.configs.schema import DataConfig
 from maskvit_mpc.models.data import EpisodeClips, make_datasets, recorded_episodes
-from maskvit_mpc.models.token_cache import TokenCache, TokenClips, token_datasets
+from maskvit_mpc.models.token_cache import TokenCache, TokenClips, token_datasets, weights_digest
 from maskvit_mpc.models.tokenizer import TokenizerModelConfig, VQModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,6 +57,39 @@ def test_cache_is_reused_extended_and_invalidated(tmp_path: Path, monkeypatch) -
     assert len(rebuilt) == 3 and sum(calls) == 5 + 15
     path.write_bytes(b"torn")  # a corrupt cache is rebuilt, not fatal
     assert len(TokenCache.load_or_build(path, tok, "tok-b", more, progress=False)) == 3
+
+
+def test_cache_key_follows_the_weights_not_the_file(tmp_path: Path) -> None:
+    tok = _tokenizer()
+    # the same weights saved twice with different metadata (as an export unpacked again is) load to one key
+    for name, extra in (("a.pt", {"unpacked_from": "x.ts"}), ("b.pt", {"unpacked_from": "y.ts"})):
+        torch.save({"state": tok.state_dict(), "extra": extra}, tmp_path / name)
+    reloaded = []
+    for name in ("a.pt", "b.pt"):
+        t = _tokenizer()
+        with torch.no_grad():
+            for p in t.parameters():
+                p.add_(1.0)  # differ from tok until the saved weights are loaded
+        assert weights_digest(t) != weights_digest(tok)
+        t.load_state_dict(torch.load(tmp_path / name)["state"])
+        reloaded.append(t)
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+    assert weights_digest(reloaded[0]) == weights_digest(reloaded[1]) == weights_digest(tok)
+    with torch.no_grad():  # one value changed in the last bit of one parameter changes the key
+        p = next(reloaded[1].parameters())
+        p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(float("inf")))
+    assert weights_digest(reloaded[1]) != weights_digest(tok)
+    # so a cache made under one file is reused under the other
+    folder = write_episodes(tmp_path / "eps", n=1, steps=3, size=16)
+    path = tmp_path / "cache.pt"
+    TokenCache.load_or_build(
+        path, reloaded[0], weights_digest(reloaded[0]), recorded_episodes(folder), progress=False
+    )
+    calls = []
+    original = tok.encode
+    tok.encode = lambda x: calls.append(len(x)) or original(x)
+    TokenCache.load_or_build(path, tok, weights_digest(tok), recorded_episodes(folder), progress=False)
+    assert calls == []
 
 
 def test_clips_carry_the_arm_position_at_their_first_frame(tmp_path) -> None:

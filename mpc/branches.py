@@ -39,6 +39,7 @@ from ..configs.cli import cli_entry, config_from_args, make_parser, setup_loggin
 from ..configs.errors import UserError
 from ..configs.schema import Config
 from ..robot import episodes as ep_io
+from ..robot.safety import was_clipped
 from .predictors import DEFAULT_PREDICTOR, load_predictor
 from .session import make_policy
 
@@ -82,11 +83,6 @@ class _Scored:
     def clear(self) -> None:
         self.batches.clear()
         self.costs.clear()
-
-
-def _clipped(commanded: np.ndarray, applied: np.ndarray) -> bool:
-    """Whether the arm changed the command (the arm server's tolerance: float rounding is not clipping)."""
-    return not np.allclose(applied, commanded, rtol=0.0, atol=1e-9)
 
 
 def choose_branches(
@@ -223,7 +219,7 @@ class _SceneRunner:
                 sim.set_state(state)
                 for a in seq:
                     applied = sim.step(a)
-                    branch.add_action(a, applied, _clipped(a, applied), sim.time)
+                    branch.add_action(a, applied, was_clipped(a, applied), sim.time)
                     branch.add_observation(*self._snapshot())
                 index = scene * SCENE_STRIDE + 1 + written
                 ep_io.write_episode(out / ep_io.episode_filename(index), branch.to_episode())
@@ -232,7 +228,7 @@ class _SceneRunner:
             sim.set_state(state)
             action = np.asarray(plan.action, dtype=np.float64)
             applied = sim.step(action)
-            trajectory.add_action(action, applied, _clipped(action, applied), sim.time)
+            trajectory.add_action(action, applied, was_clipped(action, applied), sim.time)
             prev, now = now, self._snapshot()
             trajectory.add_observation(*now)
             context_actions = applied[None].astype(np.float32)

@@ -19,6 +19,15 @@ from ..configs.schema import SafetyConfig
 from .protocol import ErrorCode, ProtocolError
 from .types import ACTION_DIM
 
+CLIP_TOL = 1e-9  # metres / radians: below any real clipping, above float rounding
+
+
+def was_clipped(commanded: np.ndarray, applied: np.ndarray) -> bool:
+    """Whether the arm changed the command. A tolerance, not equality: a backend that re-derives the
+    delta from its own target (the sim) differs from the command by rounding alone when nothing was
+    clipped."""
+    return not np.allclose(applied, commanded, rtol=0.0, atol=CLIP_TOL)
+
 
 @dataclass(frozen=True)
 class LimitedAction:

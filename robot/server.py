@@ -48,7 +48,7 @@ from .protocol import (
     tcp_endpoint,
     to_wire_value,
 )
-from .safety import ActionLimiter, SequenceGuard, Watchdog
+from .safety import ActionLimiter, SequenceGuard, Watchdog, was_clipped
 from .types import ArmState
 from .zmq_camera import FramePublisher
 
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 READY_MARKER = "ARM_SERVER_READY"  # first stdout line of a started server: marker + JSON endpoints
 _POLL_S = 0.05  # longest the loop sleeps, so a stop request is seen quickly
-_CLIP_TOL = 1e-9  # metres / radians: below any real clipping, above float rounding
 _MAX_BATCH = 256  # requests handled per wake-up before the watchdog and the camera get a turn
 
 
@@ -341,9 +340,7 @@ class ArmServer:
             seq=seq,
             commanded=commanded.tolist(),
             applied=applied.tolist(),
-            # A tolerance, not equality: a backend that re-derives the delta from its own target
-            # (the sim) differs from the command by rounding alone when nothing was clipped.
-            clipped=not np.allclose(applied, commanded, rtol=0.0, atol=_CLIP_TOL),
+            clipped=was_clipped(commanded, applied),
             t_applied=t_applied,
             state=state_to_wire(self.state()),
         )

@@ -8,7 +8,9 @@ regret of choosing by the predictor: the true cost of its top-5 sequences agains
 as a share of the spread between the true best and the median. Like the planner
 (``planner.feasible_plans``), the sequences are first limited by the arm's workspace from the scene's
 start pose; ``--raw-plans`` scores them as drawn; ``--ensemble`` adds a row that ranks by the mean
-of the listed predictors' costs. A predictor the planner can use ranks
+of the listed predictors' costs; ``--object-kept`` adds, per predictor, a row that ranks only the plans
+whose predicted last frame still shows the pushed object (a diagnostic: it needs the simulator's
+segmentation to know the object's colour). A predictor the planner can use ranks
 well (correlation near 1, small regret); copy-last ranks every sequence the same.
 
     python benchmarks/bench_cost_ranking.py --predictors maskvit copy-last --scenes 8
@@ -58,6 +60,20 @@ def object_shown(
     return near.sum(axis=(1, 2)) >= min_px
 
 
+def judged_choice(
+    ranking_cost: np.ndarray, true_cost: np.ndarray, true_dist: np.ndarray
+) -> tuple[float, float, float]:
+    """How good a choice by ``ranking_cost`` is: its rank correlation with the true cost, the regret of
+    its top 5 (their true cost against the true top 5, as a share of the spread between the true best 5
+    and the median: 0 = the best, 1 = the median plan) and, the task's own measure, how far from its goal
+    the object really ends after them."""
+    chosen = np.argsort(ranking_cost, kind="stable")[:5]
+    best_true = np.sort(true_cost)[:5].mean()
+    spread = max(1e-12, float(np.median(true_cost) - best_true))
+    regret = (true_cost[chosen].mean() - best_true) / spread
+    return spearman(ranking_cost, true_cost), float(regret), float(true_dist[chosen].mean())
+
+
 def candidate_plans(cfg, rng: np.random.Generator, n: int, towards: np.ndarray, gripper: float) -> np.ndarray:
     """CEM's first-iteration samples, with a quarter of them aimed along ``towards`` (a unit xy vector)."""
     p = cfg.planner
@@ -89,6 +105,11 @@ def main() -> None:
         action="store_true",
         help="also rank by the mean of the listed predictors' costs (an ensemble of models)",
     )
+    ap.add_argument(
+        "--object-kept",
+        action="store_true",
+        help="also rank, per predictor, only among the plans whose predicted last frame shows the pushed object",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config("default", args.overrides)
@@ -96,10 +117,16 @@ def main() -> None:
     sim = TabletopSim(cfg.sim, cfg.safety)
     task = make_task(cfg.task)
     predictors = {name: load_predictor(name, cfg) for name in args.predictors}
-    results: dict[str, list[tuple[float, float, int, float, int]]] = {name: [] for name in predictors}
+    # per scene: rho, regret, object's distance after the top 5, erased grippers, lost objects
+    results: dict[str, list[tuple[float, float, float, int | None, int | None]]] = {
+        name: [] for name in predictors
+    }
     ensemble_name = "mean cost of " + " + ".join(predictors)
     if args.ensemble:
         results[ensemble_name] = []
+    kept_names = {name: f"{name}, object kept" for name in predictors} if args.object_kept else {}
+    for name in kept_names.values():
+        results[name] = []
     best_dist, median_dist, true_lost = [], [], 0
     limiter = None if args.raw_plans else ActionLimiter(cfg.safety)
     rng = np.random.default_rng(0)
@@ -135,8 +162,6 @@ def main() -> None:
         best_dist.append(np.sort(true_dist)[:5].mean())
         median_dist.append(float(np.median(true_dist)))
         context = np.repeat(now[None, None], cfg.mpc.context_frames, axis=1).repeat(len(plans), axis=0)
-        best_true = np.sort(true_cost)[:5].mean()
-        spread = max(1e-12, float(np.median(true_cost) - best_true))
         scene_costs = []
         for name, predictor in predictors.items():
             if predictor.needs_sim_state:
@@ -145,21 +170,21 @@ def main() -> None:
             predicted = predictor.predict(context, plans, frame_indices=scored, **pose)
             model_cost = cost(predicted)
             scene_costs.append(model_cost)
-            rho = spearman(model_cost, true_cost)
-            chosen = np.argsort(model_cost, kind="stable")[:5]
-            regret = (true_cost[chosen].mean() - best_true) / spread
             # a predicted frame without the gripper: the push goal has none, so it looks cheap
             erased = sum(gripper_centre(frame) is None for frame in predicted[:, -1])
             # rollouts that lost the pushed object
-            lost = int((~object_shown(predicted[:, -1], colour)).sum())
-            # the task's own measure: how far from its goal the object ends after the chosen plans
-            results[name].append((rho, float(regret), erased, float(true_dist[chosen].mean()), lost))
-        if args.ensemble:  # no frames of its own: the frame counts are not defined for it
-            mean_cost = np.mean(scene_costs, axis=0)
-            chosen = np.argsort(mean_cost, kind="stable")[:5]
-            regret = (true_cost[chosen].mean() - best_true) / spread
+            shown = object_shown(predicted[:, -1], colour)
+            results[name].append(
+                (*judged_choice(model_cost, true_cost, true_dist), erased, int((~shown).sum()))
+            )
+            if name in kept_names:  # rollouts that lost the object rank after every one that kept it
+                kept_cost = np.where(shown, model_cost, model_cost.max() + 1.0 + model_cost)
+                results[kept_names[name]].append(
+                    (*judged_choice(kept_cost, true_cost, true_dist), None, None)
+                )
+        if args.ensemble:  # no frames of its own: the frame counts are not defined for it (None)
             results[ensemble_name].append(
-                (spearman(mean_cost, true_cost), float(regret), 0, float(true_dist[chosen].mean()), 0)
+                (*judged_choice(np.mean(scene_costs, axis=0), true_cost, true_dist), None, None)
             )
         print(f"scene {args.seed + i}: " + ", ".join(f"{n} rho {r[-1][0]:.2f} regret {r[-1][1]:.2f}" for n, r in results.items()),
               file=sys.stderr, flush=True)  # fmt: skip
@@ -182,9 +207,9 @@ def main() -> None:
     for name, rows in results.items():
         rho = np.array([r[0] for r in rows])
         reg = np.array([r[1] for r in rows])
-        erased = sum(r[2] for r in rows)
-        dist = 100 * np.mean([r[3] for r in rows])
-        lost = sum(r[4] for r in rows)
+        dist = 100 * np.mean([r[2] for r in rows])
+        erased = "-" if rows[0][3] is None else sum(r[3] for r in rows)
+        lost = "-" if rows[0][4] is None else sum(r[4] for r in rows)
         print(
             f"| {name} | {rho.mean():.2f} ({rho.min():.2f} to {rho.max():.2f}) | {reg.mean():.2f} | {erased} "
             f"| {dist:.2f} | {lost} |"

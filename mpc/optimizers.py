@@ -152,8 +152,9 @@ def cem(
 ) -> PlanResult:
     """Cross-entropy method: sample around a Gaussian, refit it on the elites, repeat.
 
-    Returns the best sequence scored in any iteration (``cfg.cem_return`` "best") or the final elites'
-    mean, scored once more ("mean").
+    Returns the best sequence scored in any iteration (``cfg.cem_return`` "best"; "auto" is resolved
+    by :class:`VisualMPCPolicy` and means "best" here) or the final elites' mean, scored once more
+    ("mean").
     """
     mean, std = _prepare(horizon, bounds, cfg, init_mean)
     min_std = np.asarray(cfg.init_std) * cfg.min_std_fraction

@@ -53,6 +53,10 @@ class VisualMPCPolicy:
         on_scored: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
         self.predictor = predictor
+        if planner_cfg.cem_return == "auto":  # a learned model's best-scored plan is where its errors lie
+            planner_cfg = planner_cfg.model_copy(
+                update={"cem_return": "mean" if predictor.learned else "best"}
+            )
         self.cfg = planner_cfg
         self.cost = ImageCost(cost_cfg, goal_image, planner_cfg.horizon)
         self.bounds = bounds

@@ -52,6 +52,8 @@ class Predictor(abc.ABC):
     needs_sim_state: bool = False
     #: True for predictors that condition on the arm's pose: the planner then passes ``pose=``.
     needs_pose: bool = False
+    #: True for trained models, whose errors the planner guards against (``planner.cem_return=auto``).
+    learned: bool = False
 
     @abc.abstractmethod
     def predict(
@@ -200,6 +202,8 @@ class TorchScriptPredictor(Predictor):
     the network in batches of at most ``planner.predictor_batch``; ``planner.predictor_decode_steps``,
     ``predictor_temperature`` and ``predictor_precision`` override the export's decoding settings.
     """
+
+    learned = True
 
     def __init__(self, path: Path, config: Config) -> None:
         import torch  # only learned predictors need torch

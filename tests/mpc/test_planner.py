@@ -156,3 +156,32 @@ def test_on_scored_sees_every_scored_batch_with_its_costs():
     all_actions = np.concatenate([a for a, _ in seen])
     all_costs = np.concatenate([c for _, c in seen])
     np.testing.assert_array_equal(step.result.actions, all_actions[np.argmin(all_costs)])
+
+
+def test_auto_cem_return_executes_the_elites_mean_only_for_a_learned_predictor():
+    class LearnedSquare(SquareWorld):
+        learned = True
+
+    goal = _draw(np.array([24.0, 20.0]))
+    auto = PlannerConfig(horizon=5, samples=20, iterations=2, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
+    assert auto.cem_return == "auto"
+    cases = [
+        (SquareWorld([6.0, 6.0]), auto, "best"),  # the simulator-like predictor: its best score is true
+        (LearnedSquare([6.0, 6.0]), auto, "mean"),
+        (LearnedSquare([6.0, 6.0]), auto.model_copy(update={"cem_return": "best"}), "best"),  # as asked
+    ]
+    for world, cfg, executed in cases:
+        policy = VisualMPCPolicy(
+            world,
+            goal,
+            cfg,
+            CostConfig(blur_sigma_px=3.0, frames="last"),
+            ActionBounds.from_safety(SafetyConfig()),
+            np.random.default_rng(0),
+            current_gripper=1.0,
+        )
+        assert policy.cfg.cem_return == executed
+        step = policy.plan(_draw(world.xy)[None])
+        # the elites' mean is scored once more after the last iteration; the best sample needs no extra
+        assert step.result.num_evaluated == 2 * 20 + (executed == "mean")
+        assert step.result.cost == min(step.result.iteration_costs) or executed == "mean"

@@ -114,8 +114,9 @@ def test_sequences_already_scored_from_the_same_context_are_not_decoded_again(pr
 
 
 def test_planning_step_encodes_the_context_once_and_returns_a_plan(predictor_file: Path) -> None:
-    cfg = _config("planner.predictor_batch=4")
+    cfg = _config("planner.predictor_batch=4", "planner.cem_return=best")
     predictor = load_predictor(str(predictor_file), cfg)
+    assert predictor.learned  # planner.cem_return=auto would execute CEM's elites' mean
     goal = np.random.default_rng(3).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     bounds = ActionBounds.from_safety(cfg.safety)
     policy = VisualMPCPolicy(

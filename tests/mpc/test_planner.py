@@ -184,4 +184,5 @@ def test_auto_cem_return_executes_the_elites_mean_only_for_a_learned_predictor()
         step = policy.plan(_draw(world.xy)[None])
         # the elites' mean is scored once more after the last iteration; the best sample needs no extra
         assert step.result.num_evaluated == 2 * 20 + (executed == "mean")
-        assert step.result.cost == min(step.result.iteration_costs) or executed == "mean"
+        if executed == "best":
+            assert step.result.cost == min(step.result.iteration_costs)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -56,6 +55,7 @@ from ..configs.schema import Config, SafetyConfig
 from .decoding import MASK_SCHEDULES, iterative_decode_step
 from .maskvit import MaskViT, maskvit_from_checkpoint
 from .tokenizer import VQModel, tokenizer_from_checkpoint
+from .training import file_digest, weights_digest
 
 __all__ = [
     "FORMAT",
@@ -443,24 +443,6 @@ def _versions() -> dict[str, str]:
     return {"maskvit_mpc": package, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _action_bounds(safety: SafetyConfig) -> list[list[float]]:
     lim, grip = safety.step_limits, safety.workspace.gripper
     return [[-lim.dx, -lim.dy, -lim.dz, -lim.dyaw, grip.low], [lim.dx, lim.dy, lim.dz, lim.dyaw, grip.high]]
@@ -495,7 +477,7 @@ def build_predictor_module(
     mv_data = load_checkpoint(mv_path)
     tokenizer = tokenizer_from_checkpoint(tok_data, str(tok_path))
     maskvit = maskvit_from_checkpoint(mv_data, str(mv_path))
-    tok_sha = _file_digest(tok_path)
+    tok_sha = file_digest(tok_path)
     trained_on = mv_data.get("extra", {}).get("tokenizer_sha256")
     if trained_on and trained_on != tok_sha:
         raise ExportError(
@@ -550,7 +532,7 @@ def build_predictor_module(
             },
             "maskvit": {
                 "path": Path(mv_path).name,
-                "sha256": _file_digest(mv_path),
+                "sha256": file_digest(mv_path),
                 "step": int(mv_data.get("step", 0)),
             },
         },
@@ -594,7 +576,7 @@ def script_predictor(module: PredictorModule) -> torch.jit.ScriptModule:
     data = json.loads(module.metadata_json)
     if data.get("format") == FORMAT:
         # of the scripted module: its state_dict also holds buffers the eager one leaves out (FSQ's levels)
-        data["weights_sha256"] = _weights_digest(scripted)
+        data["weights_sha256"] = weights_digest(scripted)
         module.metadata_json = scripted.metadata_json = json.dumps(data, indent=1, sort_keys=True)
     return scripted
 
@@ -777,7 +759,7 @@ def load_exported_predictor(path: str | Path, map_location: str = "cpu") -> Load
     missing = [m for m in ("encode_context", "predict_tokens", "decode_frames") if not hasattr(module, m)]
     if missing:
         raise ExportError(f"{str(path)!r} lacks {', '.join(missing)}: not {expected}; re-export it")
-    if meta.weights_sha256 and _weights_digest(module) != meta.weights_sha256:
+    if meta.weights_sha256 and weights_digest(module) != meta.weights_sha256:
         raise ExportError(
             f"{str(path)!r} is damaged: its weights do not match the digest recorded at export; re-export it"
         )
@@ -882,7 +864,7 @@ def unpack_predictor(
         extra={
             "model_config": training["maskvit"]["model_config"],
             "tokenizer_checkpoint": str(tok_path),
-            "tokenizer_sha256": _file_digest(tok_path),
+            "tokenizer_sha256": file_digest(tok_path),
             "background": training["maskvit"].get("background"),
             "unpacked_from": str(path),
         },

@@ -12,7 +12,6 @@ stale codes, and episodes recorded after the cache was made are encoded on the n
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from .data import EpisodeClips, RecordedEpisode, RoboNetEpisode, resize_frames, sum_actions
 from .tokenizer import VQModel
+from .training import file_digest, weights_digest
 
 __all__ = ["TokenCache", "TokenClips", "file_digest", "token_datasets", "weights_digest"]
 
@@ -33,29 +33,6 @@ log = logging.getLogger(__name__)
 
 _FORMAT = "maskvit_mpc.token_cache/1"
 Episode = RecordedEpisode | RoboNetEpisode
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (a tokenizer checkpoint: a few MB)."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a network's parameters and buffers (names, dtypes, shapes and values).
-
-    The token cache is keyed by it rather than by the checkpoint file's bytes: a tokenizer unpacked
-    again from an export, or saved with other metadata, encodes the same codes and reuses the cache.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _key(episode: Episode) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -223,6 +224,28 @@ def save_checkpoint(
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (a checkpoint: a few MB)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a network's parameters and buffers (names, dtypes and values), whatever file or
+    metadata they were saved with: an export records it to detect a damaged file, and the token cache
+    is keyed by the tokenizer's, so the same weights saved again reuse the cache."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

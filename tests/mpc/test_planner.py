@@ -35,11 +35,9 @@ class SquareWorld(Predictor):
         return np.stack([[_draw(path[b, i]) for i in indices] for b in range(len(actions))])
 
 
-def test_visual_mpc_drives_the_square_to_its_goal():
-    world = SquareWorld([6.0, 6.0])
-    goal = _draw(np.array([24.0, 20.0]))
-    cfg = PlannerConfig(horizon=5, samples=60, iterations=3, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
-    policy = VisualMPCPolicy(
+def _square_policy(world: Predictor, goal: np.ndarray, cfg: PlannerConfig, **kwargs) -> VisualMPCPolicy:
+    """The planner on the square world: last-frame cost blurred 3 px, default limits, the gripper held."""
+    return VisualMPCPolicy(
         world,
         goal,
         cfg,
@@ -47,7 +45,15 @@ def test_visual_mpc_drives_the_square_to_its_goal():
         ActionBounds.from_safety(SafetyConfig()),
         np.random.default_rng(0),
         current_gripper=1.0,
+        **kwargs,
     )
+
+
+def test_visual_mpc_drives_the_square_to_its_goal():
+    world = SquareWorld([6.0, 6.0])
+    goal = _draw(np.array([24.0, 20.0]))
+    cfg = PlannerConfig(horizon=5, samples=60, iterations=3, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
+    policy = _square_policy(world, goal, cfg)
     for _ in range(8):  # receding horizon: execute the first action, replan
         step = policy.plan(_draw(world.xy)[None])
         assert step.predicted.shape == (5, 32, 32, 3)
@@ -133,16 +139,11 @@ def test_on_scored_sees_every_scored_batch_with_its_costs():
     world = SquareWorld([6.0, 6.0])
     goal = _draw(np.array([24.0, 20.0]))
     cfg = PlannerConfig(horizon=4, samples=20, iterations=3, init_std=[0.03, 0.03, 0.0, 0.0, 0.0])
-    cost_cfg = CostConfig(blur_sigma_px=3.0, frames="last")
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    policy = VisualMPCPolicy(
+    policy = _square_policy(
         world,
         goal,
         cfg,
-        cost_cfg,
-        ActionBounds.from_safety(SafetyConfig()),
-        np.random.default_rng(0),
-        current_gripper=1.0,
         predict_best=False,
         on_scored=lambda actions, costs: seen.append((actions.copy(), np.asarray(costs).copy())),
     )
@@ -171,15 +172,7 @@ def test_auto_cem_return_executes_the_elites_mean_only_for_a_learned_predictor()
         (LearnedSquare([6.0, 6.0]), auto.model_copy(update={"cem_return": "best"}), "best"),  # as asked
     ]
     for world, cfg, executed in cases:
-        policy = VisualMPCPolicy(
-            world,
-            goal,
-            cfg,
-            CostConfig(blur_sigma_px=3.0, frames="last"),
-            ActionBounds.from_safety(SafetyConfig()),
-            np.random.default_rng(0),
-            current_gripper=1.0,
-        )
+        policy = _square_policy(world, goal, cfg)
         assert policy.cfg.cem_return == executed
         step = policy.plan(_draw(world.xy)[None])
         # the elites' mean is scored once more after the last iteration; the best sample needs no extra
